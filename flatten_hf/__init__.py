@@ -1,0 +1,43 @@
+"""flatten-hf: depth compression (FlattenGPT, ShortGPT, CoMe) for Hugging Face LLaMA and Qwen2 causal LMs.
+
+Importing the package registers the flattened config and model classes with transformers' Auto
+classes, so compressed checkpoints load with `AutoModelForCausalLM.from_pretrained` directly.
+"""
+
+from .checkpoint import load_model, save_compressed
+from .compression import CalibrationConfig, compress
+from .methods.shortgpt import ShortGPTConfig
+from .modeling import (
+    FlattenConfig,
+    FlattenedLlamaForCausalLM,
+    FlattenedLlamaModel,
+    FlattenedQwen2ForCausalLM,
+    FlattenedQwen2Model,
+    FlattenLlamaConfig,
+    FlattenQwen2Config,
+)
+from .perplexity import perplexity
+from .plan import MergePlan, SourceSlice
+from .registration import register_auto_classes
+
+register_auto_classes()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CalibrationConfig",
+    "FlattenConfig",
+    "FlattenLlamaConfig",
+    "FlattenQwen2Config",
+    "FlattenedLlamaForCausalLM",
+    "FlattenedLlamaModel",
+    "FlattenedQwen2ForCausalLM",
+    "FlattenedQwen2Model",
+    "MergePlan",
+    "ShortGPTConfig",
+    "SourceSlice",
+    "compress",
+    "load_model",
+    "perplexity",
+    "save_compressed",
+]

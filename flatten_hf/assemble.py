@@ -1,0 +1,96 @@
+"""Build a compressed model from a merge plan and the new layers' weights.
+
+The plan alone decides the architecture: the number of layers, each layer's widths, Qwen2's layer
+types, and whether a stock class can represent the result (every layer at the dense widths) or the
+per-layer `Flattened*ForCausalLM` classes are needed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import PreTrainedModel
+
+from .architecture import architecture_of, head_dim_of, layer_sizes
+from .calibration import layer_type_of
+from .modeling.configuration_flatten import PER_LAYER_FIELDS
+from .ops.folding import fold_norms
+from .ops.layer_weights import LayerState, concat, select
+from .plan import MergePlan, SourceSlice
+
+_NOT_INHERITED = ("model_type", "architectures", "auto_map", "transformers_version", "flatten", *PER_LAYER_FIELDS)
+
+
+def layer_state(model: PreTrainedModel, layer_idx: int) -> LayerState:
+    """A detached copy of one decoder layer's parameters, keyed relative to the layer."""
+    return {k: v.detach().clone() for k, v in model.model.layers[layer_idx].state_dict().items()}
+
+
+def whole_layer(config, layer_idx: int) -> SourceSlice:
+    """The plan entry that keeps all of an original layer."""
+    return SourceSlice.whole(layer_idx, *layer_sizes(config, layer_idx))
+
+
+def layer_from_sources(model: PreTrainedModel, sources: list[SourceSlice]) -> LayerState:
+    """A new layer's weights as the plan describes them: select each source's heads and channels and
+    place them side by side (norms folded when several layers share the new layer)."""
+    head_dim = head_dim_of(model.config)
+    states = [layer_state(model, s.layer) for s in sources]
+    if len(sources) > 1:
+        states = [fold_norms(s) for s in states]
+    parts = [select(st, s.q_heads, s.kv_heads, s.mlp_channels, head_dim) for st, s in zip(states, sources)]
+    return parts[0] if len(parts) == 1 else concat(parts)
+
+
+def compressed_config(base_config, plan: MergePlan, stock_if_uniform: bool = True):
+    """The config of the compressed model: the base config with the new depth, widths and plan."""
+    arch = architecture_of(base_config)
+    fields = {k: v for k, v in base_config.to_dict().items() if k not in _NOT_INHERITED}
+    fields["num_hidden_layers"] = len(plan.layers)
+    fields["head_dim"] = head_dim_of(base_config)
+    if fields.get("layer_types"):
+        # A new layer attends like the first original layer it came from (Qwen2 sliding windows).
+        fields["layer_types"] = [layer_type_of(base_config, g[0]) for g in plan.groups]
+        if "max_window_layers" in fields:
+            fields["max_window_layers"] = sum(g[0] < base_config.max_window_layers for g in plan.groups)
+    fields["flatten"] = plan.to_dict()
+    sizes = plan.per_layer_sizes()
+    dense = {"num_attention_heads_per_layer": base_config.num_attention_heads,
+             "num_key_value_heads_per_layer": base_config.num_key_value_heads,
+             "intermediate_size_per_layer": base_config.intermediate_size}
+    uniform = all(v == dense[k] for k, values in sizes.items() for v in values)
+    if uniform and stock_if_uniform:
+        return arch.stock_config_class(**fields)
+    return arch.flatten_config_class(**fields, **sizes)
+
+
+def assemble(base_model: PreTrainedModel, plan: MergePlan, layer_states: list[LayerState],
+             stock_if_uniform: bool = True) -> PreTrainedModel:
+    """Instantiate the compressed model and load the new layers plus the base model's embeddings,
+    final norm and LM head into it."""
+    if len(layer_states) != len(plan.layers):
+        raise ValueError(f"Got {len(layer_states)} layer states for a plan with {len(plan.layers)} layers.")
+    config = compressed_config(base_model.config, plan, stock_if_uniform)
+    arch = architecture_of(config)
+    model_class = arch.flatten_model_class if config.model_type.startswith("flatten_") else arch.stock_model_class
+    config._attn_implementation = base_model.config._attn_implementation
+    dtype = base_model.dtype
+    model = model_class(config).to(dtype)
+    state = {k: v for k, v in base_model.state_dict().items() if not k.startswith("model.layers.")}
+    for i, layer in enumerate(layer_states):
+        state.update({f"model.layers.{i}.{k}": v.to(dtype) for k, v in layer.items()})
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"Compressed weights do not fit the plan's architecture: missing {missing}, "
+                           f"unexpected {unexpected}.")
+    model.tie_weights()
+    model.generation_config = copy.deepcopy(base_model.generation_config)
+    return model.to(base_model.device).eval()
+
+
+@torch.no_grad()
+def plan_weights(model: PreTrainedModel, plan: MergePlan) -> list[LayerState]:
+    """Weights of every new layer of a pure selection plan (no compensation)."""
+    return [layer_from_sources(model, sources) for sources in plan.layers]

@@ -1,0 +1,108 @@
+"""Layer-wise calibration runner: push calibration data through a model one decoder layer at a time.
+
+The SparseGPT/SliceGPT sequential pattern: capture the inputs of the first decoder layer once, then
+for each layer run it on the stored activations, let the caller record statistics, and pass the
+outputs on. Methods can therefore replace a layer (or a group of layers) before moving on, and
+every statistic of layer l is measured on the already-compressed prefix, so errors do not compound
+silently. Memory stays bounded by one layer on the compute device plus the activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once it has what it needs."""
+
+
+def layer_type_of(config, layer_idx: int) -> str:
+    """The attention kind of an original layer ("full_attention" unless the config says otherwise)."""
+    layer_types = getattr(config, "layer_types", None)
+    return layer_types[layer_idx] if layer_types else "full_attention"
+
+
+class LayerwiseRunner:
+    """Holds the hidden states entering the current layer for every calibration batch.
+
+    Args:
+        model: a LLaMA/Qwen2 causal LM (`model.model.layers`); its layers may live on the CPU.
+        input_ids: `[N, L]` calibration token ids.
+        batch_size: sequences per forward call.
+        device: where layers are run; defaults to the device of the embeddings.
+    """
+
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8,
+                 device: torch.device | str | None = None) -> None:
+        self.model = model
+        self.config = model.config
+        base = model.model
+        self.device = torch.device(device) if device is not None else base.embed_tokens.weight.device
+        self.batches = list(input_ids.split(batch_size))
+        self.hidden: list[torch.Tensor] = []
+        self.layer_kwargs: list[dict[str, dict]] = []  # per batch: layer type -> forward kwargs
+        self._capture(base)
+
+    @torch.no_grad()
+    def _capture(self, base: nn.Module) -> None:
+        """Record each batch's embeddings and the forward kwargs (position embeddings, masks) per layer type."""
+        wanted: dict[str, int] = {}
+        for i in range(len(base.layers)):
+            wanted.setdefault(layer_type_of(self.config, i), i)
+        last = max(wanted.values())
+        for ids in self.batches:
+            ids = ids.to(self.device)
+            captured: dict[str, dict] = {}
+
+            def hook(module, args, kwargs, idx):
+                kw = dict(kwargs)
+                if args:
+                    kw.setdefault("hidden_states", args[0])
+                if idx == 0:
+                    self.hidden.append(kw["hidden_states"].detach())
+                kw.pop("hidden_states")
+                for kind, first in wanted.items():
+                    if first == idx:
+                        captured[kind] = kw
+                if idx == last:
+                    raise _StopForward
+
+            handles = [
+                base.layers[idx].register_forward_pre_hook(
+                    lambda m, a, k, idx=idx: hook(m, a, k, idx), with_kwargs=True)
+                for idx in sorted(set(wanted.values()) | {0})
+            ]
+            try:
+                base(input_ids=ids, use_cache=False)
+            except _StopForward:
+                pass
+            finally:
+                for h in handles:
+                    h.remove()
+            self.layer_kwargs.append(captured)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(h.shape[0] * h.shape[1] for h in self.hidden)
+
+    @torch.no_grad()
+    def run(self, layer: nn.Module, layer_type: str = "full_attention",
+            inputs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Outputs of `layer` on every batch (of `inputs`, default the current hidden states)."""
+        outputs = []
+        for h, kwargs in zip(inputs if inputs is not None else self.hidden, self.layer_kwargs):
+            out = layer(h, **kwargs[layer_type])
+            outputs.append(out[0] if isinstance(out, tuple) else out)
+        return outputs
+
+    def advance(self, outputs: list[torch.Tensor]) -> None:
+        """Make `outputs` the inputs of the next layer."""
+        self.hidden = outputs
+
+    def iter_batches(self) -> Iterator[tuple[torch.Tensor, dict[str, dict]]]:
+        yield from zip(self.hidden, self.layer_kwargs)
+
+

@@ -1,0 +1,85 @@
+"""Loading models by name and saving compressed checkpoints atomically.
+
+A model argument is an offline asset name (`smollm2-135m`, the default, or `qwen2.5-coder-0.5b`), a
+local checkpoint directory, or a Hub id (for users with network). Saving writes into a temporary
+sibling directory and renames it into place, so a failure never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from .assets import ASSETS, DEFAULT_MODEL_ASSET, require_asset
+
+logger = logging.getLogger(__name__)
+
+# Where the offline assets come from upstream, recorded as `base_model` in merge plans and cards.
+ASSET_HUB_IDS = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "qwen2.5-coder-0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+}
+
+
+def resolve_model_path(model: str | None) -> str:
+    """Map an asset name (or None, the embedded default) to its cache directory; pass anything else through."""
+    name = model or DEFAULT_MODEL_ASSET
+    if name in ASSETS and name in ASSET_HUB_IDS:
+        return str(require_asset(name))
+    return name
+
+
+def base_model_id(model: str | None) -> str:
+    """A human-meaningful id of the model a user asked for (the upstream Hub id for offline assets)."""
+    name = model or DEFAULT_MODEL_ASSET
+    return ASSET_HUB_IDS.get(name, name)
+
+
+def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
+               device: str | None = None) -> tuple[PreTrainedModel, object]:
+    """Load a causal LM and its tokenizer (default: the embedded SmolLM2-135M)."""
+    path = resolve_model_path(model)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    logger.info("Loading %s (%s)", path, dtype)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if device:
+        lm.to(device)
+    return lm.eval(), tokenizer
+
+
+def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False) -> Path:
+    """Save a compressed model (and tokenizer) to `out_dir`, all or nothing.
+
+    A model of the per-layer `Flattened*` classes is saved with its modeling files and an `auto_map`,
+    so it loads with `trust_remote_code=True` where flatten-hf is not installed; a stock-class model
+    is saved as a plain LLaMA/Qwen2 checkpoint (the merge plan still in `config.json`).
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass overwrite=True (--overwrite).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if model.config.model_type.startswith("flatten_"):
+        # Makes save_pretrained copy modeling/ next to the weights and write auto_map.
+        type(model.config).register_for_auto_class()
+        type(model).register_for_auto_class("AutoModelForCausalLM")
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Saved %s", out)
+    return out

@@ -1,0 +1,118 @@
+"""`flatten_hf.compress`: one entry point for every compression method."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from .architecture import architecture_of
+from .assemble import assemble
+from .calibration import LayerwiseRunner
+from .data import calibration_ids as make_calibration_ids
+from .methods.shortgpt import ShortGPTConfig, shortgpt
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationConfig:
+    """Where calibration text comes from and how much of it a method sees.
+
+    Args:
+        source: 'wikipedia' (offline default), 'wikitext2[:folder]' or a local text file.
+        num_samples: number of calibration sequences.
+        seq_len: tokens per sequence.
+        batch_size: sequences per forward call in the layer-wise runner.
+        seed: seed of the random window sampling.
+        device: where layers run during calibration (default: where the model is).
+    """
+
+    source: str = "wikipedia"
+    num_samples: int = 128
+    seq_len: int = 512
+    batch_size: int = 8
+    seed: int = 0
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    config_class: type
+    run: Callable
+
+
+METHODS: dict[str, Method] = {
+    "shortgpt": Method(ShortGPTConfig, shortgpt),
+}
+
+
+def method_config(method: str | Any, **kwargs: Any) -> tuple[str, Any]:
+    """Resolve `method` (a name plus keyword arguments, or a ready config dataclass) to (name, config)."""
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}.")
+        return method, METHODS[method].config_class(**kwargs)
+    for name, spec in METHODS.items():
+        if isinstance(method, spec.config_class):
+            if kwargs:
+                raise TypeError("Pass either a method config object or keyword arguments, not both.")
+            return name, method
+    raise TypeError(f"method must be a name or one of {[m.config_class.__name__ for m in METHODS.values()]}.")
+
+
+def compress(
+    model: PreTrainedModel,
+    method: str | Any = "shortgpt",
+    *,
+    tokenizer: Any = None,
+    calibration: CalibrationConfig | None = None,
+    calibration_ids: torch.Tensor | None = None,
+    stock_if_uniform: bool = True,
+    base_model: str | None = None,
+    **method_kwargs: Any,
+) -> PreTrainedModel:
+    """Compress a LLaMA/Qwen2 causal LM and return the new model, its merge plan in `config.flatten`.
+
+    Args:
+        model: the dense (or already compressed) model; it is not modified.
+        method: 'shortgpt' or a method config such as `ShortGPTConfig(ratio=0.2)`.
+        tokenizer: used to tokenize the calibration text (not needed with `calibration_ids`).
+        calibration: calibration text settings, see `CalibrationConfig`.
+        calibration_ids: ready `[N, L]` token ids, overriding `calibration`'s text settings.
+        stock_if_uniform: return a stock `LlamaForCausalLM`/`Qwen2ForCausalLM` when every layer ends at
+            the dense widths (loadable with no custom code), else always the `Flattened*` classes.
+        base_model: the id recorded as `base_model` in the plan (default: the model's name or path).
+        **method_kwargs: the method's options, e.g. `ratio=0.2` or `num_layers=6`.
+
+    Example:
+        >>> compressed = flatten_hf.compress(model, "shortgpt", tokenizer=tok, ratio=0.2)
+    """
+    arch = architecture_of(model.config)
+    name, config = method_config(method, **method_kwargs)
+    calibration = calibration or CalibrationConfig()
+    if calibration_ids is None:
+        if tokenizer is None:
+            raise ValueError("compress needs a tokenizer to build calibration data, or ready calibration_ids.")
+        calibration_ids = make_calibration_ids(tokenizer, calibration.source, calibration.num_samples,
+                                               calibration.seq_len, calibration.seed)
+    start = time.perf_counter()
+    runner = LayerwiseRunner(model, calibration_ids, calibration.batch_size, calibration.device)
+    plan, layer_states = METHODS[name].run(model, runner, config)
+    plan.base_model = base_model or model.config._name_or_path
+    plan.base_model_type = arch.base_model_type
+    plan.method_params = {
+        **{k: v for k, v in asdict(config).items() if v is not None},
+        "calibration": {"source": calibration.source, "num_samples": int(calibration_ids.shape[0]),
+                        "seq_len": int(calibration_ids.shape[1]), "seed": calibration.seed},
+        **plan.method_params,
+    }
+    compressed = assemble(model, plan, layer_states, stock_if_uniform)
+    logger.info("%s: %d -> %d layers in %.1f s", name, model.config.num_hidden_layers,
+                compressed.config.num_hidden_layers, time.perf_counter() - start)
+    return compressed

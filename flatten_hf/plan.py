@@ -1,0 +1,99 @@
+"""The merge plan: which original layers, heads and channels each new decoder layer came from.
+
+Every method returns a `MergePlan` plus the new layers' weights; the plan alone determines the
+compressed architecture (see `flatten_hf.assemble`) and is stored under the `flatten` key of
+`config.json`, so any reader can trace a new layer back to its sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .modeling.configuration_flatten import (
+    MERGE_PLAN_FORMAT_VERSION,
+    decode_indices,
+    encode_indices,
+    per_layer_sizes_from_plan,
+)
+
+
+@dataclass
+class SourceSlice:
+    """What one original layer contributes to a new layer, in the order it appears there.
+
+    `q_heads` are listed key/value group by key/value group, so that query head j of the new layer
+    attends with key/value head j // n_rep, as `repeat_kv` expects.
+    """
+
+    layer: int
+    q_heads: list[int]
+    kv_heads: list[int]
+    mlp_channels: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "q_heads": encode_indices(self.q_heads),
+            "kv_heads": encode_indices(self.kv_heads),
+            "mlp_channels": encode_indices(self.mlp_channels),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SourceSlice":
+        return cls(int(d["layer"]), decode_indices(d["q_heads"]), decode_indices(d["kv_heads"]),
+                   decode_indices(d["mlp_channels"]))
+
+    @classmethod
+    def whole(cls, layer: int, num_heads: int, num_kv_heads: int, intermediate_size: int) -> "SourceSlice":
+        """The entire original layer: every head and channel kept."""
+        return cls(layer, list(range(num_heads)), list(range(num_kv_heads)), list(range(intermediate_size)))
+
+
+@dataclass
+class MergePlan:
+    """The provenance of a compressed model: one list of `SourceSlice`s per new decoder layer."""
+
+    method: str
+    source_num_hidden_layers: int
+    layers: list[list[SourceSlice]]
+    method_params: dict[str, Any] = field(default_factory=dict)
+    # Filled in by `flatten_hf.compress`, which knows where the model came from.
+    base_model: str = ""
+    base_model_type: str = ""
+
+    @property
+    def groups(self) -> list[list[int]]:
+        """The original layer indices behind each new layer, e.g. `[[0], [1], [2, 3], ...]`."""
+        return [[s.layer for s in sources] for sources in self.layers]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format_version": MERGE_PLAN_FORMAT_VERSION,
+            "method": self.method,
+            "method_params": self.method_params,
+            "base_model": self.base_model,
+            "base_model_type": self.base_model_type,
+            "source_num_hidden_layers": self.source_num_hidden_layers,
+            "merge_plan": self.groups,
+            "layers": [{"sources": [s.to_dict() for s in sources]} for sources in self.layers],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MergePlan":
+        if d.get("format_version") != MERGE_PLAN_FORMAT_VERSION:
+            raise ValueError(
+                f"Unsupported merge-plan format_version {d.get('format_version')!r}; this flatten-hf reads "
+                f"version {MERGE_PLAN_FORMAT_VERSION}. Upgrade flatten-hf to read newer checkpoints."
+            )
+        return cls(
+            method=d["method"],
+            base_model=d["base_model"],
+            base_model_type=d["base_model_type"],
+            source_num_hidden_layers=int(d["source_num_hidden_layers"]),
+            layers=[[SourceSlice.from_dict(s) for s in layer["sources"]] for layer in d["layers"]],
+            method_params=dict(d.get("method_params", {})),
+        )
+
+    def per_layer_sizes(self) -> dict[str, list[int]]:
+        return per_layer_sizes_from_plan(self.to_dict())

@@ -1,0 +1,30 @@
+"""Register the flattened config and model classes with transformers' Auto classes.
+
+Called on `import flatten_hf`, so that with the plugin installed `AutoModelForCausalLM.from_pretrained`
+loads flattened checkpoints without `trust_remote_code` (a locally registered class wins over the
+checkpoint's `auto_map`).
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+from .modeling import (
+    FlattenedLlamaForCausalLM,
+    FlattenedLlamaModel,
+    FlattenedQwen2ForCausalLM,
+    FlattenedQwen2Model,
+    FlattenLlamaConfig,
+    FlattenQwen2Config,
+)
+
+
+def register_auto_classes() -> None:
+    """Idempotently register both architectures with AutoConfig, AutoModel and AutoModelForCausalLM."""
+    for config_class, base_class, lm_class in (
+        (FlattenLlamaConfig, FlattenedLlamaModel, FlattenedLlamaForCausalLM),
+        (FlattenQwen2Config, FlattenedQwen2Model, FlattenedQwen2ForCausalLM),
+    ):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        AutoModel.register(config_class, base_class, exist_ok=True)
+        AutoModelForCausalLM.register(config_class, lm_class, exist_ok=True)
