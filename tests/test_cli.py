@@ -1,0 +1,32 @@
+"""The command line: documentation-like help, early and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from flatten_hf.cli import main
+
+from .tiny import tiny_model
+
+
+def test_help_documents_every_command(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("assets", "compress", "ppl", "info", "examples:"):
+        assert command in text
+
+
+def test_compress_refuses_a_non_empty_output_before_any_work(tmp_path, capsys):
+    (tmp_path / "existing.txt").write_text("keep me")
+    code = main(["compress", "/nonexistent/model", "--ratio", "0.2", "--out", str(tmp_path)])
+    assert code == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "existing.txt").read_text() == "keep me"
+
+
+def test_info_explains_a_checkpoint_without_plan(tmp_path, capsys):
+    tiny_model("llama").save_pretrained(tmp_path)
+    assert main(["info", str(tmp_path)]) == 1
+    assert "has no merge plan" in capsys.readouterr().err

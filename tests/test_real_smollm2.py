@@ -1,0 +1,63 @@
+"""End to end on the real SmolLM2-135M weights: compress, save, reload, measure (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+import flatten_hf
+from flatten_hf.cli import main
+from flatten_hf.data import evaluation_ids
+
+from .test_modeling import load_in_clean_process
+
+pytestmark = pytest.mark.slow
+CALIB = ["--calib-samples", "16", "--seq-len", "256"]
+
+
+@pytest.fixture(scope="module")
+def dense_ppl(smollm2):
+    model, tokenizer = smollm2
+    return flatten_hf.perplexity(model, evaluation_ids(tokenizer), seq_len=512, max_windows=16)
+
+
+def test_dense_smollm2_is_a_real_pretrained_model(dense_ppl):
+    assert 10 < dense_ppl < 35  # about 20 on Wikipedia passages; a random model is in the tens of thousands
+
+
+def test_shortgpt_cli_roundtrip_through_auto_classes(smollm2, dense_ppl, tmp_path):
+    model, tokenizer = smollm2
+    out = tmp_path / "shortgpt"
+    assert main(["compress", "--method", "shortgpt", "--ratio", "0.2", "--out", str(out), *CALIB]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 24
+    plan = config["flatten"]
+    assert plan["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and plan["source_num_hidden_layers"] == 30
+    assert len(plan["method_params"]["removed_layers"]) == 6
+    assert (out / "tokenizer.json").exists()
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert type(reloaded) is LlamaForCausalLM
+    ppl = flatten_hf.perplexity(reloaded, evaluation_ids(tokenizer), seq_len=512, max_windows=16)
+    assert math.isfinite(ppl) and dense_ppl < ppl < 4 * dense_ppl
+
+    ids = torch.tensor([tokenizer("The capital of France is").input_ids])
+    got = load_in_clean_process(out, ids, tmp_path, remote=False)  # stock checkpoint: no custom code at all
+    assert got["cls"] == "transformers.models.llama.modeling_llama.LlamaForCausalLM"
+    torch.testing.assert_close(got["logits"], reloaded(ids).logits)
+
+
+def test_flattened_classes_checkpoint_loads_with_remote_code(smollm2, tmp_path):
+    model, tokenizer = smollm2
+    out = tmp_path / "flattened"
+    assert main(["compress", "--num-layers", "3", "--flattened-classes", "--out", str(out), *CALIB]) == 0
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert type(reloaded) is flatten_hf.FlattenedLlamaForCausalLM
+    ids = torch.tensor([tokenizer("Paris is the capital of").input_ids])
+    got = load_in_clean_process(out, ids, tmp_path, remote=True)
+    assert got["cls"].endswith("modeling_flatten.FlattenedLlamaForCausalLM")
+    torch.testing.assert_close(got["logits"], reloaded(ids).logits)
