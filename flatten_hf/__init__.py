@@ -6,6 +6,7 @@ classes, so compressed checkpoints load with `AutoModelForCausalLM.from_pretrain
 
 from .checkpoint import load_model, save_compressed
 from .compression import CalibrationConfig, compress
+from .methods.flattengpt import FlattenGPTConfig
 from .methods.shortgpt import ShortGPTConfig
 from .modeling import (
     FlattenConfig,
@@ -27,6 +28,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CalibrationConfig",
     "FlattenConfig",
+    "FlattenGPTConfig",
     "FlattenLlamaConfig",
     "FlattenQwen2Config",
     "FlattenedLlamaForCausalLM",

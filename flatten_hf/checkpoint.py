@@ -72,10 +72,6 @@ def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenize
     """
     out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if model.config.model_type.startswith("flatten_"):
-        # Makes save_pretrained copy modeling/ next to the weights and write auto_map.
-        type(model.config).register_for_auto_class()
-        type(model).register_for_auto_class("AutoModelForCausalLM")
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         model.save_pretrained(staging)

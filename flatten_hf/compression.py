@@ -15,6 +15,7 @@ from .architecture import architecture_of
 from .assemble import assemble
 from .calibration import LayerwiseRunner
 from .data import calibration_ids as make_calibration_ids
+from .methods.flattengpt import FlattenGPTConfig, flattengpt
 from .methods.shortgpt import ShortGPTConfig, shortgpt
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
+    "flattengpt": Method(FlattenGPTConfig, flattengpt),
     "shortgpt": Method(ShortGPTConfig, shortgpt),
 }
 

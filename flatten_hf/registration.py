@@ -20,7 +20,11 @@ from .modeling import (
 
 
 def register_auto_classes() -> None:
-    """Idempotently register both architectures with AutoConfig, AutoModel and AutoModelForCausalLM."""
+    """Idempotently register both architectures with AutoConfig, AutoModel and AutoModelForCausalLM.
+
+    Also mark the classes for `register_for_auto_class`, so that any `save_pretrained` of a flattened
+    model (not only flatten-hf's own) copies the modeling files and writes `auto_map`.
+    """
     for config_class, base_class, lm_class in (
         (FlattenLlamaConfig, FlattenedLlamaModel, FlattenedLlamaForCausalLM),
         (FlattenQwen2Config, FlattenedQwen2Model, FlattenedQwen2ForCausalLM),
@@ -28,3 +32,5 @@ def register_auto_classes() -> None:
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
         AutoModel.register(config_class, base_class, exist_ok=True)
         AutoModelForCausalLM.register(config_class, lm_class, exist_ok=True)
+        config_class.register_for_auto_class()
+        lm_class.register_for_auto_class("AutoModelForCausalLM")

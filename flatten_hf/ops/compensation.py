@@ -1,0 +1,46 @@
+"""Closed-form regularised least-squares compensation of an output projection.
+
+After pruning the inputs of a projection W (o_proj over heads, down_proj over MLP channels) to a set
+S, refit the kept rows so that the pruned layer reproduces a target output T as well as possible:
+
+    W' = argmin_W  || Z_S W - T ||^2 + lam * || W - W_S ||^2
+       = (Z_S^T Z_S + lam I)^-1 (Z_S^T T + lam W_S)
+
+with Z the projection's inputs on calibration tokens (rows = tokens) and W_S the original kept rows
+(in the x @ W convention, i.e. the transpose of `nn.Linear.weight`). When the target is the unpruned
+output, T = Z W, this is FlattenGPT's Lemma 3.1, W' = (S^T C S + lam I)^-1 S^T (C + lam I) W. We only
+need the Gram matrix C = Z^T Z and the cross term Z^T T, accumulated in float64 over the tokens, and
+solve with a Cholesky factorisation (never a dense inverse).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def ridge_lambda(gram: torch.Tensor, factor: float) -> float:
+    """lam = factor x the mean eigenvalue of the Gram matrix (its trace over its size)."""
+    return factor * (torch.trace(gram) / gram.shape[0]).item()
+
+
+def least_squares_refit(gram_ss: torch.Tensor, cross_s: torch.Tensor, w_s: torch.Tensor, lam: float) -> torch.Tensor:
+    """Solve (gram_ss + lam I) W = cross_s + lam w_s for W (float64 Cholesky), shaped like `w_s`."""
+    a = gram_ss.double() + lam * torch.eye(gram_ss.shape[0], dtype=torch.float64, device=gram_ss.device)
+    b = cross_s.double() + lam * w_s.double()
+    factor, info = torch.linalg.cholesky_ex(a)
+    if info.item() != 0:  # numerically indefinite: add a little more ridge and retry once
+        a += (1e-6 * torch.trace(a) / a.shape[0]) * torch.eye(a.shape[0], dtype=torch.float64, device=a.device)
+        factor = torch.linalg.cholesky(a)
+    return torch.cholesky_solve(b, factor)
+
+
+def nystrom_compensation(gram: torch.Tensor, keep: torch.Tensor, w: torch.Tensor, lam: float) -> torch.Tensor:
+    """Lemma 3.1: the kept rows of `w` refit so that Z_S W' matches the unpruned Z W."""
+    keep = keep.to(gram.device)
+    return least_squares_refit(gram[keep][:, keep], gram[keep] @ w.double(), w[keep], lam)
+
+
+def residual_error(gram_ss: torch.Tensor, cross_s: torch.Tensor, target_sq: float, w: torch.Tensor) -> float:
+    """|| Z_S W - T ||^2 from the accumulated statistics, without touching the tokens again."""
+    w = w.double()
+    return target_sq - 2 * torch.sum(w * cross_s.double()).item() + torch.sum(w * (gram_ss.double() @ w)).item()

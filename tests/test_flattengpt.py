@@ -1,0 +1,63 @@
+"""FlattenGPT end to end on tiny models: plans, widths, and the never-worse-than-dropping property."""
+
+from __future__ import annotations
+
+import torch
+
+from flatten_hf import FlattenGPTConfig, compress
+from flatten_hf.architecture import ARCHITECTURES
+from flatten_hf.calibration import LayerwiseRunner, layer_type_of
+from flatten_hf.methods.flattengpt import _compress_group
+
+from .tiny import tiny_model
+
+
+def calibration(n=6, length=16, seed=0):
+    return torch.randint(3, 96, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_flattened_block_is_never_worse_than_dropping_a_member(arch):
+    model = tiny_model(arch, attn="eager")
+    ids = calibration()
+    for group in ([0, 1], [1, 2], [2, 3]):
+        runner = LayerwiseRunner(model, ids, batch_size=4)
+        for i in range(group[0]):
+            runner.advance(runner.run(model.model.layers[i], layer_type_of(model.config, i)))
+        x = runner.hidden
+        kind = layer_type_of(model.config, group[0])
+        target = runner.run(model.model.layers[group[1]], kind, inputs=runner.run(model.model.layers[group[0]], kind))
+
+        def error(outputs):
+            return sum(((o - t) ** 2).sum().item() for o, t in zip(outputs, target))
+
+        drop_second = error(runner.run(model.model.layers[group[0]], kind, inputs=x))
+        drop_first = error(runner.run(model.model.layers[group[1]], kind, inputs=x))
+        _, _, outputs, report = _compress_group(model, runner, group, FlattenGPTConfig(num_layers=1))
+        assert error(outputs) <= min(drop_first, drop_second) * (1 + 1e-6), report
+
+
+def test_plan_records_groups_and_kept_heads(arch):
+    model = tiny_model(arch)
+    out = compress(model, FlattenGPTConfig(num_layers=1), calibration_ids=calibration())
+    plan = out.config.flatten
+    assert plan["method"] == "flattengpt" and len(plan["layers"]) == 3
+    merged = [g for g in plan["method_params"]["groups"] if len(g) > 1]
+    assert len(merged) == 1 and len(merged[0]) == 2
+    # uniform widths: a stock checkpoint, each new layer at the dense widths
+    assert type(out) is ARCHITECTURES[arch].stock_model_class
+    assert torch.isfinite(out(calibration(1)).logits).all()
+
+
+def test_depth_only_flattening_keeps_every_head_and_channel(arch, tmp_path):
+    model = tiny_model(arch)
+    out = compress(model, FlattenGPTConfig(num_layers=2, prune=False), calibration_ids=calibration())
+    assert type(out) is ARCHITECTURES[arch].flatten_model_class
+    widths = sorted(out.config.num_attention_heads_per_layer)
+    assert sum(out.config.num_attention_heads_per_layer) == 4 * 4 and widths[-1] >= 8
+    assert sum(out.config.intermediate_size_per_layer) == 4 * 48
+    params = lambda m: sum(p.numel() for p in m.model.layers.parameters())  # noqa: E731
+    norms = 2 * 64 * 2  # two norms of hidden size per merged-away layer
+    assert params(out) == params(model) - norms
+    out.save_pretrained(tmp_path)
+    assert (tmp_path / "modeling_flatten.py").exists()

@@ -1,0 +1,119 @@
+"""FlattenGPT's math against brute force: compensation, ridge leverage, head selection, grouping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from flatten_hf.grouping import SimilarityAccumulator, greedy_groups
+from flatten_hf.ops.channel_selection import ridge_leverage_scores, top_k
+from flatten_hf.ops.compensation import least_squares_refit, nystrom_compensation, residual_error, ridge_lambda
+from flatten_hf.ops.head_selection import group_columns, select_kv_groups
+
+F64 = torch.float64
+
+
+def problem(tokens=400, n=12, d=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(tokens, n, generator=gen, dtype=F64) @ torch.randn(n, n, generator=gen, dtype=F64)  # correlated
+    w = torch.randn(n, d, generator=gen, dtype=F64)
+    return z, w
+
+
+def test_refit_equals_brute_force_least_squares():
+    z, w = problem()
+    target = z @ w + 0.1 * torch.randn(z.shape[0], w.shape[1], dtype=F64)
+    keep = torch.tensor([0, 3, 4, 7, 11])
+    lam = 0.7
+    got = least_squares_refit(z[:, keep].T @ z[:, keep], z[:, keep].T @ target, w[keep], lam)
+    # min ||Z_S W - T||^2 + lam ||W - W_S||^2 as one stacked ordinary least-squares problem
+    a = torch.cat([z[:, keep], lam**0.5 * torch.eye(len(keep), dtype=F64)])
+    b = torch.cat([target, lam**0.5 * w[keep]])
+    torch.testing.assert_close(got, torch.linalg.lstsq(a, b).solution)
+
+
+def test_nystrom_compensation_is_lemma_3_1():
+    z, w = problem()
+    c = z.T @ z
+    keep = torch.tensor([1, 2, 5, 6, 9])
+    lam = ridge_lambda(c, 0.1)
+    s = torch.eye(c.shape[0], dtype=F64)[:, keep]
+    eye_k, eye = torch.eye(len(keep), dtype=F64), torch.eye(c.shape[0], dtype=F64)
+    expected = torch.linalg.inv(s.T @ c @ s + lam * eye_k) @ s.T @ (c + lam * eye) @ w
+    torch.testing.assert_close(nystrom_compensation(c, keep, w, lam), expected)
+
+
+def test_compensation_with_nothing_removed_is_the_identity():
+    z, w = problem()
+    c = z.T @ z
+    torch.testing.assert_close(nystrom_compensation(c, torch.arange(c.shape[0]), w, ridge_lambda(c, 1.0)), w)
+
+
+def test_residual_error_from_statistics_matches_tokens():
+    z, w = problem()
+    target = torch.randn(z.shape[0], w.shape[1], dtype=F64)
+    keep = torch.tensor([0, 2, 4])
+    err = residual_error(z[:, keep].T @ z[:, keep], z[:, keep].T @ target, (target**2).sum().item(), w[keep])
+    assert err == pytest.approx(((z[:, keep] @ w[keep] - target) ** 2).sum().item(), rel=1e-9)
+
+
+def test_ridge_leverage_scores_match_explicit_formula():
+    z, _ = problem()
+    c = z.T @ z
+    lam = ridge_lambda(c, 10.0)
+    expected = torch.diagonal(c @ torch.linalg.inv(c + lam * torch.eye(c.shape[0], dtype=F64)))
+    torch.testing.assert_close(ridge_leverage_scores(c, lam), expected)
+    assert ridge_lambda(c, 10.0) == pytest.approx(10 * torch.linalg.eigvalsh(c).mean().item())
+
+
+def test_top_k_keeps_index_order():
+    assert top_k(torch.tensor([0.1, 0.9, 0.5, 0.8]), 2).tolist() == [1, 3]
+
+
+def test_head_selection_finds_the_groups_that_produced_the_target():
+    """GQA: 4 kv groups of 2 query heads x 3 dims; the target is written by groups 1 and 3 only."""
+    gen = torch.Generator().manual_seed(1)
+    n_rep, head_dim, d = 2, 3, 4
+    z = torch.randn(500, 4 * n_rep * head_dim, generator=gen, dtype=F64)
+    w_o = torch.randn(4 * n_rep * head_dim, d, generator=gen, dtype=F64)
+    cols = group_columns([1, 3], n_rep, head_dim)
+    assert cols.tolist() == list(range(6, 12)) + list(range(18, 24))
+    target = z[:, cols] @ w_o[cols]
+    for refit in (False, True):
+        kept, w_new, err = select_kv_groups(z.T @ z, z.T @ target, (target**2).sum().item(), w_o, n_rep, head_dim,
+                                            keep=2, lam=1e-6, refit=refit)
+        assert kept == [1, 3] and err == pytest.approx(0, abs=1e-6)
+        torch.testing.assert_close(w_new, w_o[cols], atol=1e-5, rtol=1e-5)
+
+
+def test_head_selection_keeping_everything_without_refit_is_the_identity():
+    z, w_o = problem(n=12, d=4)
+    target = z @ w_o
+    kept, w_new, err = select_kv_groups(z.T @ z, z.T @ target, (target**2).sum().item(), w_o, n_rep=2, head_dim=2,
+                                        keep=3, lam=1.0, refit=False)
+    assert kept == [0, 1, 2] and torch.equal(w_new, w_o) and err == pytest.approx(0, abs=1e-6)
+
+
+def test_greedy_grouping_scores_a_group_by_its_first_and_last_inputs():
+    s = torch.eye(5)
+    s[0, 1] = s[1, 0] = 0.2
+    s[1, 2] = s[2, 1] = 0.9   # merge [1, 2] first
+    s[2, 3] = s[3, 2] = 0.85
+    s[1, 3] = s[3, 1] = 0.3   # [1, 2] + [3] is scored S[1, 3] = 0.3, not S[2, 3]
+    s[3, 4] = s[4, 3] = 0.5
+    s[1, 4] = s[4, 1] = 0.1
+    assert greedy_groups(s, 1) == [[0], [1, 2], [3], [4]]
+    assert greedy_groups(s, 2) == [[0], [1, 2], [3, 4]]
+    s[1, 3] = s[3, 1] = 0.95
+    assert greedy_groups(s, 2) == [[0], [1, 2, 3], [4]]
+    assert greedy_groups(s, 2, max_group_size=2) == [[0], [1, 2], [3, 4]]
+
+
+def test_similarity_accumulator_is_mean_token_cosine():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 7, 8, generator=gen), torch.randn(2, 7, 8, generator=gen)  # float32
+    acc = SimilarityAccumulator(max_tokens=1000)
+    acc.add([a.float()])
+    acc.add([b.float()])
+    expected = torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item()
+    assert acc.matrix()[0, 1].item() == pytest.approx(expected, abs=2e-3)  # states are stored in float16
