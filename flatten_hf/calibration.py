@@ -9,6 +9,7 @@ silently. Memory stays bounded by one layer on the compute device plus the activ
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -101,6 +102,25 @@ class LayerwiseRunner:
     def advance(self, outputs: list[torch.Tensor]) -> None:
         """Make `outputs` the inputs of the next layer."""
         self.hidden = outputs
+
+    def head(self, max_tokens: int) -> "LayerwiseRunner":
+        """A runner over the first batches holding at least `max_tokens` tokens (cheap statistics).
+
+        It shares the tensors (read-only) and advances independently of this runner.
+        """
+        sub = copy.copy(self)
+        n, tokens = 0, 0
+        while n < len(self.hidden) and tokens < max_tokens:
+            tokens += self.hidden[n].shape[0] * self.hidden[n].shape[1]
+            n += 1
+        sub.hidden, sub.layer_kwargs = self.hidden[:n], self.layer_kwargs[:n]
+        return sub
+
+    def with_hidden(self, hidden: list[torch.Tensor]) -> "LayerwiseRunner":
+        """A runner over the same batches whose current inputs are `hidden`."""
+        other = copy.copy(self)
+        other.hidden = hidden
+        return other
 
     def iter_batches(self) -> Iterator[tuple[torch.Tensor, dict[str, dict]]]:
         yield from zip(self.hidden, self.layer_kwargs)

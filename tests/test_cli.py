@@ -30,3 +30,11 @@ def test_info_explains_a_checkpoint_without_plan(tmp_path, capsys):
     tiny_model("llama").save_pretrained(tmp_path)
     assert main(["info", str(tmp_path)]) == 1
     assert "has no merge plan" in capsys.readouterr().err
+
+
+def test_method_options_are_refused_for_other_methods(tmp_path, capsys):
+    code = main(["compress", "--method", "shortgpt", "--ratio", "0.2", "--width-policy", "global", "--out",
+                 str(tmp_path / "out")])
+    assert code == 2
+    assert "--width-policy only apply to --method flattengpt" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

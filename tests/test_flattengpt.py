@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from flatten_hf import FlattenGPTConfig, compress
 from flatten_hf.architecture import ARCHITECTURES
 from flatten_hf.calibration import LayerwiseRunner, layer_type_of
-from flatten_hf.methods.flattengpt import _compress_group
+from flatten_hf.methods.flatten_block import compress_group
 
 from .tiny import tiny_model
 
@@ -33,7 +34,7 @@ def test_flattened_block_is_never_worse_than_dropping_a_member(arch):
 
         drop_second = error(runner.run(model.model.layers[group[0]], kind, inputs=x))
         drop_first = error(runner.run(model.model.layers[group[1]], kind, inputs=x))
-        _, _, outputs, report = _compress_group(model, runner, group, FlattenGPTConfig(num_layers=1))
+        _, _, outputs, report = compress_group(model, runner, group, FlattenGPTConfig(num_layers=1), (2, 48))
         assert error(outputs) <= min(drop_first, drop_second) * (1 + 1e-6), report
 
 
@@ -61,3 +62,29 @@ def test_depth_only_flattening_keeps_every_head_and_channel(arch, tmp_path):
     assert params(out) == params(model) - norms
     out.save_pretrained(tmp_path)
     assert (tmp_path / "modeling_flatten.py").exists()
+
+
+def test_global_width_policy_spends_the_uniform_budget(arch):
+    model = tiny_model(arch)
+    uniform = compress(model, FlattenGPTConfig(num_layers=2), calibration_ids=calibration())
+    spread = compress(model, FlattenGPTConfig(num_layers=2, width_policy="global"), calibration_ids=calibration())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(spread) <= count(uniform)
+    assert count(uniform) - count(spread) < 3 * 64  # at most part of one MLP channel left unspent
+    plan = spread.config.flatten
+    assert all("widths" in r for r in plan["method_params"]["group_reports"])
+    assert torch.isfinite(spread(calibration(1)).logits).all()
+
+
+def test_iterative_similarity_merges_the_requested_number_of_layers(arch):
+    model = tiny_model(arch)
+    out = compress(model, FlattenGPTConfig(num_layers=2, similarity="iterative"), calibration_ids=calibration())
+    groups = out.config.flatten["method_params"]["groups"]
+    assert sorted(i for g in groups for i in g) == [0, 1, 2, 3] and len(groups) == 2
+
+
+def test_bad_options_are_explained():
+    with pytest.raises(ValueError, match="width_policy must be one of"):
+        FlattenGPTConfig(ratio=0.2, width_policy="local")
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        FlattenGPTConfig(ratio=0.2, similarity="twice")

@@ -112,7 +112,7 @@ def test_greedy_grouping_scores_a_group_by_its_first_and_last_inputs():
 def test_similarity_accumulator_is_mean_token_cosine():
     gen = torch.Generator().manual_seed(0)
     a, b = torch.randn(2, 7, 8, generator=gen), torch.randn(2, 7, 8, generator=gen)  # float32
-    acc = SimilarityAccumulator(max_tokens=1000)
+    acc = SimilarityAccumulator()
     acc.add([a.float()])
     acc.add([b.float()])
     expected = torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item()

@@ -27,27 +27,25 @@ Where we depart from the paper, and why (measured on SmolLM2-135M, see the READM
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..architecture import head_dim_of, new_decoder_layer
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, layer_type_of
-from ..grouping import SimilarityAccumulator, greedy_groups
-from ..ops.channel_selection import ridge_leverage_scores, top_k
-from ..ops.compensation import least_squares_refit, ridge_lambda
-from ..ops.folding import fold_norms
-from ..ops.head_selection import select_kv_groups
-from ..ops.layer_weights import LayerState, concat, select
-from ..plan import MergePlan, SourceSlice
+from ..grouping import SimilarityAccumulator, greedy_groups, merge_best_adjacent
+from ..ops.layer_weights import LayerState
+from ..ops.width_allocation import allocate_widths
+from ..plan import MergePlan
 from .common import layers_to_remove
+from .flatten_block import GroupFlattener, compress_group
 
 logger = logging.getLogger(__name__)
+
+SIMILARITY_MODES = ("one-shot", "iterative")
+WIDTH_POLICIES = ("uniform", "global")
 
 
 @dataclass
@@ -57,51 +55,50 @@ class FlattenGPTConfig:
     Args:
         num_layers: decoder layers to remove (each merge of two adjacent groups removes one).
         ratio: or the fraction of decoder layers to remove.
-        prune: prune every flattened block back to the dense widths (default); False keeps the wide
-            blocks whole ("depth-only" flattening: lower latency at full parameter count).
+        similarity: 'one-shot' (layer similarities of the dense model, the paper's greedy rule) or
+            'iterative' (recomputed after every merge on the partly flattened model).
+        width_policy: 'uniform' (every flattened block pruned back to the dense widths: a stock
+            architecture) or 'global' (kept heads and channels chosen by one ranking across all
+            flattened blocks, at the same total parameter count: per-layer widths).
+        prune: False keeps the wide blocks whole ("depth-only" flattening: fewer, wider layers at the
+            full parameter count).
         attn_compensation: least-squares refit of o_proj on the kept heads.
         ridge_factor: lambda of the ridge leverage scores and of the refits, as a multiple of the
             mean eigenvalue of the Gram matrix being inverted.
         max_group_size: largest number of original layers in one flattened block (None: no limit).
-        similarity_tokens: calibration tokens used for the layer-similarity matrix.
+        similarity_tokens: calibration tokens used for similarities and the global ranking.
     """
 
     num_layers: int | None = None
     ratio: float | None = None
+    similarity: str = "one-shot"
+    width_policy: str = "uniform"
     prune: bool = True
     attn_compensation: bool = True
     ridge_factor: float = 1e-2
     max_group_size: int | None = None
-    similarity_tokens: int = 8192
+    similarity_tokens: int = 16384
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITY_MODES:
+            raise ValueError(f"similarity must be one of {SIMILARITY_MODES}, got {self.similarity!r}.")
+        if self.width_policy not in WIDTH_POLICIES:
+            raise ValueError(f"width_policy must be one of {WIDTH_POLICIES}, got {self.width_policy!r}.")
 
 
-@contextmanager
-def _capture(module: nn.Module, what: str):
-    """Collect the input (`what="input"`) or output of `module` on each forward call."""
-    seen: list[torch.Tensor] = []
-    if what == "input":
-        handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-    else:
-        handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
-    try:
-        yield seen
-    finally:
-        handle.remove()
-
-
-def _out(result) -> torch.Tensor:
-    return result[0] if isinstance(result, tuple) else result
-
-
-def _tokens(x: torch.Tensor) -> torch.Tensor:
-    """[B, L, d] -> [B*L, d] in float32 (the per-batch Gram products run in float32, sums in float64)."""
-    return x.reshape(-1, x.shape[-1]).float()
+def _block(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config, cache: dict):
+    """The dense layer of a one-layer group, else the group's wide (flattened, unpruned) block."""
+    if len(group) == 1:
+        return model.model.layers[group[0]]
+    if tuple(group) not in cache:
+        cache[tuple(group)] = GroupFlattener(model, runner, group, config).wide
+    return cache[tuple(group)]
 
 
 @torch.no_grad()
-def layer_similarity(model: PreTrainedModel, runner: LayerwiseRunner, max_tokens: int) -> torch.Tensor:
-    """S[i, j]: mean cosine similarity of the hidden states entering layers i and j (dense model)."""
-    acc = SimilarityAccumulator(max_tokens)
+def layer_similarity(model: PreTrainedModel, runner: LayerwiseRunner) -> torch.Tensor:
+    """S[i, j]: mean cosine similarity of the hidden states entering layers i and j of the dense model."""
+    acc = SimilarityAccumulator()
     hidden = runner.hidden
     for i, layer in enumerate(tqdm(model.model.layers, desc="flattengpt: layer similarity", unit="layer")):
         acc.add(hidden)
@@ -109,164 +106,84 @@ def layer_similarity(model: PreTrainedModel, runner: LayerwiseRunner, max_tokens
     return acc.matrix()
 
 
-class _GroupFlattener:
-    """Flatten one group of adjacent layers and prune it to the given widths, on the runner's inputs."""
+@torch.no_grad()
+def iterative_groups(model: PreTrainedModel, runner: LayerwiseRunner, num_merges: int,
+                     config: FlattenGPTConfig) -> tuple[list[list[int]], torch.Tensor]:
+    """Merge one pair at a time, re-measuring on the model with the merged groups as wide blocks.
 
-    def __init__(self, model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config: FlattenGPTConfig):
-        self.model, self.runner, self.group, self.options = model, runner, group, config
-        self.cfg = model.config
-        self.members = [model.model.layers[i] for i in group]
-        self.layer_type = layer_type_of(self.cfg, group[0])
-        self.head_dim = head_dim_of(self.cfg)
-        self.heads, self.kv_heads, self.channels = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads,
-                                                    self.cfg.intermediate_size)
-        self.n_rep = self.heads // self.kv_heads
-        m = len(group)
-        self.wide_state = concat([fold_norms(layer_state(model, i)) for i in group])
-        self.wide = self._layer(self.wide_state, m * self.heads, m * self.kv_heads, m * self.channels)
-
-    def _layer(self, state: LayerState, heads: int, kv_heads: int, channels: int) -> nn.Module:
-        layer = new_decoder_layer(self.cfg, self.group[0], heads, kv_heads, channels)
-        layer.load_state_dict(state)
-        return layer.to(self.runner.device, self.model.dtype).eval()
-
-    def _kwargs(self, batch_kwargs: dict) -> dict:
-        return batch_kwargs[self.layer_type]
-
-    def _bias(self, name: str) -> torch.Tensor | float:
-        return self.wide_state[name].float() if name in self.wide_state else 0.0
-
-    @torch.no_grad()
-    def sequential_reference(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, float]:
-        """Run the members one after the other (the truth the block must reproduce) and gather the
-        attention statistics of the wide block: Z^T Z, Z^T T_attn and ||T_attn||^2."""
-        targets, gram, cross, tsq = [], None, None, 0.0
-        b_o = self._bias("self_attn.o_proj.bias")
-        for x, kwargs in self.runner.iter_batches():
-            kw = self._kwargs(kwargs)
-            attn_outputs = []
-            handles = [m.self_attn.o_proj.register_forward_hook(lambda mod, a, o: attn_outputs.append(o))
-                       for m in self.members]
-            h = x
-            for member in self.members:
-                h = _out(member(h, **kw))
-            for handle in handles:
-                handle.remove()
-            targets.append(h)
-            t = _tokens(sum(attn_outputs)) - b_o
-            with _capture(self.wide.self_attn.o_proj, "input") as z:
-                self.wide.self_attn(self.wide.input_layernorm(x), **kw)
-            z = _tokens(z[0])
-            gram = (z.T @ z).double() if gram is None else gram + (z.T @ z).double()
-            cross = (z.T @ t).double() if cross is None else cross + (z.T @ t).double()
-            tsq += (t.double() ** 2).sum().item()
-        return targets, gram, cross, tsq
-
-    @torch.no_grad()
-    def mlp_statistics(self, attention: nn.Module, targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """C = psi^T psi and psi^T T_mlp of the wide MLP, after the pruned attention, against what the
-        MLP must add to reach the sequential output."""
-        gram, cross = None, None
-        b_d = self._bias("mlp.down_proj.bias")
-        mlp = self.wide.mlp
-        for (x, kwargs), y in zip(self.runner.iter_batches(), targets):
-            x1 = x + _out(attention.self_attn(attention.input_layernorm(x), **self._kwargs(kwargs)))
-            u = self.wide.post_attention_layernorm(x1)
-            psi = _tokens(mlp.act_fn(mlp.gate_proj(u)) * mlp.up_proj(u))
-            t = _tokens(y - x1) - b_d
-            gram = (psi.T @ psi).double() if gram is None else gram + (psi.T @ psi).double()
-            cross = (psi.T @ t).double() if cross is None else cross + (psi.T @ t).double()
-        return gram, cross
-
-    def _sources(self, kv_groups: list[int], channels: list[int]) -> list[SourceSlice]:
-        """Map kept wide-block indices back to (member layer, local index) pairs."""
-        sources = []
-        for j, layer in enumerate(self.group):
-            kv = [g - j * self.kv_heads for g in kv_groups if j * self.kv_heads <= g < (j + 1) * self.kv_heads]
-            ch = [c - j * self.channels for c in channels if j * self.channels <= c < (j + 1) * self.channels]
-            if kv or ch:
-                q = [g * self.n_rep + r for g in kv for r in range(self.n_rep)]
-                sources.append(SourceSlice(layer, q, kv, ch))
-        return sources
-
-    @torch.no_grad()
-    def pruned(self, keep_kv: int, keep_channels: int) -> tuple[list[SourceSlice], LayerState, list[torch.Tensor], dict]:
-        """The pruned block and its plan, plus the sequential targets and a report of the choices."""
-        opts = self.options
-        targets, gram_a, cross_a, tsq_a = self.sequential_reference()
-        w_o = self.wide_state["self_attn.o_proj.weight"].T  # x @ W layout
-        lam_a = ridge_lambda(gram_a, opts.ridge_factor)
-        kv_groups, w_o_new, attn_err = select_kv_groups(gram_a, cross_a, tsq_a, w_o, self.n_rep, self.head_dim,
-                                                        keep_kv, lam_a, opts.attn_compensation)
-        q_heads = [g * self.n_rep + r for g in kv_groups for r in range(self.n_rep)]
-        all_channels = list(range(len(self.group) * self.channels))
-        attn_state = select(self.wide_state, q_heads, kv_groups, all_channels, self.head_dim)
-        attn_state["self_attn.o_proj.weight"] = w_o_new.T.to(w_o.dtype).contiguous()
-        attention = self._layer(attn_state, len(q_heads), len(kv_groups), len(all_channels))
-
-        gram_m, cross_m = self.mlp_statistics(attention, targets)
-        lam_m = ridge_lambda(gram_m, opts.ridge_factor)
-        keep = top_k(ridge_leverage_scores(gram_m, lam_m), keep_channels)
-        w_d = self.wide_state["mlp.down_proj.weight"].T
-        w_d_new = least_squares_refit(gram_m[keep][:, keep], cross_m[keep], w_d[keep.to(w_d.device)], lam_m)
-        state = select(attn_state, list(range(len(q_heads))), list(range(len(kv_groups))), keep.tolist(),
-                       self.head_dim)
-        state["mlp.down_proj.weight"] = w_d_new.T.to(w_d.dtype).contiguous()
-        report = {"kv_groups": kv_groups, "attention_rel_error": attn_err / max(tsq_a, 1e-30)}
-        return self._sources(kv_groups, keep.tolist()), state, targets, report
-
-
-def _block_error(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
-    return sum(((o.float() - t.float()) ** 2).sum().item() for o, t in zip(outputs, targets))
+    Each current group is one block, so adjacent groups are scored by the similarity of the two
+    blocks' inputs in the current model.
+    """
+    groups = [[i] for i in range(model.config.num_hidden_layers)]
+    cache: dict = {}
+    for _ in tqdm(range(num_merges), desc="flattengpt: iterative similarity", unit="merge"):
+        acc, hidden = SimilarityAccumulator(), runner.hidden
+        for group in groups:
+            acc.add(hidden)
+            hidden = runner.run(_block(model, runner, group, config, cache), layer_type_of(model.config, group[0]),
+                                inputs=hidden)
+        similarity = acc.matrix()
+        groups = merge_best_adjacent(groups, lambda k: similarity[k, k + 1].item(), config.max_group_size)
+    return groups, similarity
 
 
 @torch.no_grad()
-def _compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int],
-                    config: FlattenGPTConfig) -> tuple[list[SourceSlice], LayerState, list[torch.Tensor], dict]:
-    """Flatten and prune one group; keep whichever of it and "one member whole" is closest to the truth."""
+def global_widths(model: PreTrainedModel, runner: LayerwiseRunner, groups: list[list[int]],
+                  config: FlattenGPTConfig) -> dict[tuple[int, ...], tuple[int, int]]:
+    """Per flattened block, the key/value groups and channels chosen by one ranking across blocks.
+
+    The budget is what the uniform policy spends (one dense layer per block); the ranking is each
+    unit's share of its block's update energy per parameter, on the dense model.
+    """
+    merged = [g for g in groups if len(g) > 1]
+    kv_scores, channel_scores, flattener = [], [], None
+    hidden = runner.hidden
+    for group in tqdm(groups, desc="flattengpt: global ranking", unit="layer"):
+        if len(group) == 1:
+            hidden = runner.run(model.model.layers[group[0]], layer_type_of(model.config, group[0]), inputs=hidden)
+            continue
+        flattener = GroupFlattener(model, runner.with_hidden(hidden), group, config)
+        kv, channels, hidden = flattener.unit_energies()
+        kv_scores.append(kv)
+        channel_scores.append(channels)
     cfg = model.config
-    flattener = _GroupFlattener(model, runner, group, config)
-    if not config.prune:
-        sources = [whole_layer(cfg, i) for i in group]
-        outputs = runner.run(flattener.wide, flattener.layer_type)
-        return sources, flattener.wide_state, outputs, {"choice": "wide"}
-    sources, state, targets, report = flattener.pruned(cfg.num_key_value_heads, cfg.intermediate_size)
-    candidates = [("flattened", sources, state)]
-    candidates += [(f"keep layer {i}", [whole_layer(cfg, i)], layer_state(model, i)) for i in group]
-    best = None
-    target_sq = sum((t.float() ** 2).sum().item() for t in targets)
-    errors = {}
-    for name, srcs, st in candidates:
-        layer = flattener._layer(st, *(sum(len(getattr(s, f)) for s in srcs) for f in ("q_heads", "kv_heads", "mlp_channels")))
-        outputs = runner.run(layer, flattener.layer_type)
-        errors[name] = _block_error(outputs, targets) / target_sq
-        if best is None or errors[name] < errors[best[0]]:
-            best = (name, srcs, st, outputs)
-    report.update(choice=best[0], rel_errors={k: round(v, 6) for k, v in errors.items()})
-    logger.info("group %s: %s (relative errors %s)", group, best[0], report["rel_errors"])
-    return best[1], best[2], best[3], report
+    kv_params, channel_params = flattener.params(1, 0), flattener.params(0, 1)
+    budget = len(merged) * flattener.params(cfg.num_key_value_heads, cfg.intermediate_size)
+    widths = allocate_widths(kv_scores, channel_scores, kv_params, channel_params, budget)
+    return {tuple(g): w for g, w in zip(merged, widths)}
 
 
 def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
                config: FlattenGPTConfig) -> tuple[MergePlan, list[LayerState]]:
-    """Plan and weights of the flattened-and-pruned model."""
-    n_layers = model.config.num_hidden_layers
+    """Plan and weights of the flattened (and, by default, pruned) model."""
+    cfg = model.config
+    n_layers = cfg.num_hidden_layers
     n_merges = layers_to_remove(n_layers, config.num_layers, config.ratio)
-    similarity = layer_similarity(model, runner, config.similarity_tokens)
-    groups = greedy_groups(similarity, n_merges, config.max_group_size)
+    stats_runner = runner.head(config.similarity_tokens)
+    if config.similarity == "one-shot":
+        similarity = layer_similarity(model, stats_runner)
+        groups = greedy_groups(similarity, n_merges, config.max_group_size)
+    else:
+        groups, similarity = iterative_groups(model, stats_runner, n_merges, config)
     logger.info("FlattenGPT groups: %s", [g for g in groups if len(g) > 1])
+    if not config.prune:
+        widths = {}
+    elif config.width_policy == "uniform":
+        widths = {tuple(g): (cfg.num_key_value_heads, cfg.intermediate_size) for g in groups if len(g) > 1}
+    else:
+        widths = global_widths(model, stats_runner, groups, config)
     layers, states, reports = [], [], []
     for group in tqdm(groups, desc="flattengpt: flatten and prune", unit="layer"):
         if len(group) == 1:
-            outputs = runner.run(model.model.layers[group[0]], layer_type_of(model.config, group[0]))
-            sources, state = [whole_layer(model.config, group[0])], layer_state(model, group[0])
+            outputs = runner.run(model.model.layers[group[0]], layer_type_of(cfg, group[0]))
+            sources, state = [whole_layer(cfg, group[0])], layer_state(model, group[0])
         else:
-            sources, state, outputs, report = _compress_group(model, runner, group, config)
+            sources, state, outputs, report = compress_group(model, runner, group, config, widths.get(tuple(group)))
             reports.append({"group": group, **report})
         layers.append(sources)
         states.append(state)
         runner.advance(outputs)
     plan = MergePlan(method="flattengpt", source_num_hidden_layers=n_layers, layers=layers,
                      method_params={"groups": groups, "group_reports": reports,
-                                    "similarity": [[round(v, 5) for v in row] for row in similarity.tolist()]})
+                                    "similarity_matrix": [[round(v, 5) for v in row] for row in similarity.tolist()]})
     return plan, states

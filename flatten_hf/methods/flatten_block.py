@@ -1,0 +1,226 @@
+"""Flatten one group of adjacent layers into a wide block and prune it back (FlattenGPT's core step).
+
+All statistics are gathered on the layer-wise runner's current inputs (the already-compressed
+prefix). See `flatten_hf.methods.flattengpt` for the pipeline and the reasons behind each choice.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..architecture import head_dim_of, new_decoder_layer
+from ..assemble import layer_state, whole_layer
+from ..calibration import LayerwiseRunner, layer_type_of
+from ..ops.channel_selection import ridge_leverage_scores, top_k
+from ..ops.compensation import least_squares_refit, ridge_lambda
+from ..ops.folding import fold_norms
+from ..ops.head_selection import select_kv_groups
+from ..ops.layer_weights import LayerState, concat, select
+from ..plan import SourceSlice
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def _capture(module: nn.Module, what: str):
+    """Collect the input (`what="input"`) or output of `module` on each forward call."""
+    seen: list[torch.Tensor] = []
+    if what == "input":
+        handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    else:
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _out(result) -> torch.Tensor:
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """[B, L, d] -> [B*L, d] in float32 (the per-batch Gram products run in float32, sums in float64)."""
+    return x.reshape(-1, x.shape[-1]).float()
+
+
+class GroupFlattener:
+    """Flatten one group of adjacent layers and prune it to the given widths, on the runner's inputs."""
+
+    def __init__(self, model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config):
+        self.model, self.runner, self.group, self.options = model, runner, group, config
+        self.cfg = model.config
+        self.members = [model.model.layers[i] for i in group]
+        self.layer_type = layer_type_of(self.cfg, group[0])
+        self.head_dim = head_dim_of(self.cfg)
+        self.heads, self.kv_heads, self.channels = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads,
+                                                    self.cfg.intermediate_size)
+        self.n_rep = self.heads // self.kv_heads
+        m = len(group)
+        self.wide_state = concat([fold_norms(layer_state(model, i)) for i in group])
+        self.wide = self._layer(self.wide_state, m * self.heads, m * self.kv_heads, m * self.channels)
+
+    def _layer(self, state: LayerState, heads: int, kv_heads: int, channels: int) -> nn.Module:
+        layer = new_decoder_layer(self.cfg, self.group[0], heads, kv_heads, channels)
+        layer.load_state_dict(state)
+        return layer.to(self.runner.device, self.model.dtype).eval()
+
+    def _kwargs(self, batch_kwargs: dict) -> dict:
+        return batch_kwargs[self.layer_type]
+
+    def _bias(self, name: str) -> torch.Tensor | float:
+        return self.wide_state[name].float() if name in self.wide_state else 0.0
+
+    def params(self, kv_groups: int, channels: int) -> int:
+        """Weights of a block with this many key/value groups and MLP channels (norms and biases aside)."""
+        d = self.cfg.hidden_size
+        return kv_groups * self.head_dim * d * (2 * self.n_rep + 2) + channels * 3 * d
+
+    @torch.no_grad()
+    def unit_energies(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Energy that each key/value group and each MLP channel of the wide block writes into the
+        residual stream (E|z|^2 times the squared norm of its output-projection rows), as a fraction of
+        the group's total update energy; plus the sequential outputs, to advance a dense runner."""
+        o_rows = self.wide.self_attn.o_proj.weight.float().pow(2).sum(0)
+        d_rows = self.wide.mlp.down_proj.weight.float().pow(2).sum(0)
+        kv_energy, channel_energy, update, outputs = 0.0, 0.0, 0.0, []
+        mlp = self.wide.mlp
+        for x, kwargs in self.runner.iter_batches():
+            kw = self._kwargs(kwargs)
+            h = x
+            for member in self.members:
+                h = _out(member(h, **kw))
+            outputs.append(h)
+            update += ((h - x).float() ** 2).sum().item()
+            with _capture(self.wide.self_attn.o_proj, "input") as z:
+                attn = _out(self.wide.self_attn(self.wide.input_layernorm(x), **kw))
+            kv_energy = kv_energy + (_tokens(z[0]) ** 2).sum(0) * o_rows
+            u = self.wide.post_attention_layernorm(x + attn)
+            channel_energy = channel_energy + (_tokens(mlp.act_fn(mlp.gate_proj(u)) * mlp.up_proj(u)) ** 2).sum(0) * d_rows
+        kv_energy = kv_energy.view(-1, self.n_rep * self.head_dim).sum(1)
+        return kv_energy.double() / update, channel_energy.double() / update, outputs
+
+    @torch.no_grad()
+    def sequential_reference(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, float]:
+        """Run the members one after the other (the truth the block must reproduce) and gather the
+        attention statistics of the wide block: Z^T Z, Z^T T_attn and ||T_attn||^2."""
+        targets, gram, cross, tsq = [], None, None, 0.0
+        self.first_member_outputs = []  # the "keep the first member" candidate, for free
+        b_o = self._bias("self_attn.o_proj.bias")
+        for x, kwargs in self.runner.iter_batches():
+            kw = self._kwargs(kwargs)
+            attn_outputs = []
+            handles = [m.self_attn.o_proj.register_forward_hook(lambda mod, a, o: attn_outputs.append(o))
+                       for m in self.members]
+            h = x
+            for k, member in enumerate(self.members):
+                h = _out(member(h, **kw))
+                if k == 0:
+                    self.first_member_outputs.append(h)
+            for handle in handles:
+                handle.remove()
+            targets.append(h)
+            t = _tokens(sum(attn_outputs)) - b_o
+            with _capture(self.wide.self_attn.o_proj, "input") as z:
+                self.wide.self_attn(self.wide.input_layernorm(x), **kw)
+            z = _tokens(z[0])
+            gram = (z.T @ z).double() if gram is None else gram + (z.T @ z).double()
+            cross = (z.T @ t).double() if cross is None else cross + (z.T @ t).double()
+            tsq += (t.double() ** 2).sum().item()
+        return targets, gram, cross, tsq
+
+    @torch.no_grad()
+    def mlp_statistics(self, attention: nn.Module, targets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """C = psi^T psi and psi^T T_mlp of the wide MLP, after the pruned attention, against what the
+        MLP must add to reach the sequential output."""
+        gram, cross = None, None
+        b_d = self._bias("mlp.down_proj.bias")
+        mlp = self.wide.mlp
+        for (x, kwargs), y in zip(self.runner.iter_batches(), targets):
+            x1 = x + _out(attention.self_attn(attention.input_layernorm(x), **self._kwargs(kwargs)))
+            u = self.wide.post_attention_layernorm(x1)
+            psi = _tokens(mlp.act_fn(mlp.gate_proj(u)) * mlp.up_proj(u))
+            t = _tokens(y - x1) - b_d
+            gram = (psi.T @ psi).double() if gram is None else gram + (psi.T @ psi).double()
+            cross = (psi.T @ t).double() if cross is None else cross + (psi.T @ t).double()
+        return gram, cross
+
+    def _sources(self, kv_groups: list[int], channels: list[int]) -> list[SourceSlice]:
+        """Map kept wide-block indices back to (member layer, local index) pairs."""
+        sources = []
+        for j, layer in enumerate(self.group):
+            kv = [g - j * self.kv_heads for g in kv_groups if j * self.kv_heads <= g < (j + 1) * self.kv_heads]
+            ch = [c - j * self.channels for c in channels if j * self.channels <= c < (j + 1) * self.channels]
+            if kv or ch:
+                q = [g * self.n_rep + r for g in kv for r in range(self.n_rep)]
+                sources.append(SourceSlice(layer, q, kv, ch))
+        return sources
+
+    @torch.no_grad()
+    def pruned(self, keep_kv: int, keep_channels: int) -> tuple[list[SourceSlice], LayerState, list[torch.Tensor], dict]:
+        """The pruned block and its plan, plus the sequential targets and a report of the choices."""
+        opts = self.options
+        targets, gram_a, cross_a, tsq_a = self.sequential_reference()
+        w_o = self.wide_state["self_attn.o_proj.weight"].T  # x @ W layout
+        lam_a = ridge_lambda(gram_a, opts.ridge_factor)
+        kv_groups, w_o_new, attn_err = select_kv_groups(gram_a, cross_a, tsq_a, w_o, self.n_rep, self.head_dim,
+                                                        keep_kv, lam_a, opts.attn_compensation)
+        q_heads = [g * self.n_rep + r for g in kv_groups for r in range(self.n_rep)]
+        all_channels = list(range(len(self.group) * self.channels))
+        attn_state = select(self.wide_state, q_heads, kv_groups, all_channels, self.head_dim)
+        attn_state["self_attn.o_proj.weight"] = w_o_new.T.to(w_o.dtype).contiguous()
+        attention = self._layer(attn_state, len(q_heads), len(kv_groups), len(all_channels))
+
+        gram_m, cross_m = self.mlp_statistics(attention, targets)
+        lam_m = ridge_lambda(gram_m, opts.ridge_factor)
+        keep = top_k(ridge_leverage_scores(gram_m, lam_m), keep_channels)
+        w_d = self.wide_state["mlp.down_proj.weight"].T
+        w_d_new = least_squares_refit(gram_m[keep][:, keep], cross_m[keep], w_d[keep.to(w_d.device)], lam_m)
+        state = select(attn_state, list(range(len(q_heads))), list(range(len(kv_groups))), keep.tolist(),
+                       self.head_dim)
+        state["mlp.down_proj.weight"] = w_d_new.T.to(w_d.dtype).contiguous()
+        report = {"kv_groups": kv_groups, "attention_rel_error": attn_err / max(tsq_a, 1e-30)}
+        return self._sources(kv_groups, keep.tolist()), state, targets, report
+
+
+def _block_error(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
+    return sum(((o.float() - t.float()) ** 2).sum().item() for o, t in zip(outputs, targets))
+
+
+@torch.no_grad()
+def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config,
+                   widths: tuple[int, int] | None) -> tuple[list[SourceSlice], LayerState, list[torch.Tensor], dict]:
+    """Flatten one group and prune it to `widths` = (key/value groups, MLP channels), or keep it wide
+    (`widths=None`). A pruned block competes with "keep one member whole" (when that fits in the same
+    parameter budget); whichever is closest to the group's sequential output on the calibration data wins.
+    """
+    cfg = model.config
+    flattener = GroupFlattener(model, runner, group, config)
+    if widths is None:
+        sources = [whole_layer(cfg, i) for i in group]
+        outputs = runner.run(flattener.wide, flattener.layer_type)
+        return sources, flattener.wide_state, outputs, {"choice": "wide"}
+    sources, state, targets, report = flattener.pruned(*widths)
+    candidates = [("flattened", sources, state)]
+    if flattener.params(*widths) >= flattener.params(cfg.num_key_value_heads, cfg.intermediate_size):
+        candidates += [(f"keep layer {i}", [whole_layer(cfg, i)], layer_state(model, i)) for i in group]
+    best = None
+    target_sq = sum((t.float() ** 2).sum().item() for t in targets)
+    errors = {}
+    for name, srcs, st in candidates:
+        if name == f"keep layer {group[0]}":
+            outputs = flattener.first_member_outputs
+        else:
+            sizes = (sum(len(getattr(s, f)) for s in srcs) for f in ("q_heads", "kv_heads", "mlp_channels"))
+            outputs = runner.run(flattener._layer(st, *sizes), flattener.layer_type)
+        errors[name] = _block_error(outputs, targets) / target_sq
+        if best is None or errors[name] < errors[best[0]]:
+            best = (name, srcs, st, outputs)
+    report.update(choice=best[0], widths=list(widths), rel_errors={k: round(v, 8) for k, v in errors.items()})
+    logger.info("group %s: %s (relative errors %s)", group, best[0], report["rel_errors"])
+    return best[1], best[2], best[3], report

@@ -1,0 +1,33 @@
+"""Global width policy: one ranking of heads and channels across all flattened blocks.
+
+Every unit (a key/value group with its query heads, or an MLP channel) of every wide block gets a
+score; units are kept in order of score per parameter until the parameter budget is spent, so a
+block whose attention matters more keeps more heads and fewer channels, and a block that matters
+less overall gives parameters to one that matters more.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def allocate_widths(kv_scores: list[torch.Tensor], channel_scores: list[torch.Tensor], kv_params: int,
+                    channel_params: int, budget: int, min_kv: int = 1, min_channels: int = 1) -> list[tuple[int, int]]:
+    """Per block, how many key/value groups and MLP channels to keep within `budget` parameters.
+
+    Each block keeps at least `min_kv` groups and `min_channels` channels (a layer needs both).
+    """
+    counts = [[min_kv, min_channels] for _ in kv_scores]
+    spent = len(counts) * (min_kv * kv_params + min_channels * channel_params)
+    if spent > budget:
+        raise ValueError(f"A budget of {budget} parameters cannot hold the minimum widths ({spent}).")
+    units = []  # (score per parameter, block, 0 = kv group / 1 = channel)
+    for b, (kv, ch) in enumerate(zip(kv_scores, channel_scores)):
+        units += [(s / kv_params, b, 0) for s in kv.sort(descending=True).values[min_kv:].tolist()]
+        units += [(s / channel_params, b, 1) for s in ch.sort(descending=True).values[min_channels:].tolist()]
+    for _, b, kind in sorted(units, key=lambda u: -u[0]):
+        cost = kv_params if kind == 0 else channel_params
+        if spent + cost <= budget:
+            counts[b][kind] += 1
+            spent += cost
+    return [(kv, ch) for kv, ch in counts]
