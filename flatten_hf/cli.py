@@ -94,8 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="depth-only flattening: keep the wide blocks whole (fewer layers, same parameters)")
     fg.add_argument("--no-attn-compensation", dest="attn_compensation", action="store_false",
                     help="keep the original o_proj rows of the kept heads instead of a least-squares refit")
+    fg.add_argument("--target", choices=["sequential", "dense"],
+                    help="fit each pruned block to its original layers' sequential output (default) or to the "
+                         "dense model's hidden state, which also undoes earlier blocks' drift (one more pass)")
     fg.add_argument("--ridge-factor", type=float,
-                    help="ridge lambda as a multiple of the mean eigenvalue of the activation Gram (default 0.01)")
+                    help="ridge lambda as a multiple of the mean eigenvalue of the activation Gram (default 0.1)")
     fg.add_argument("--max-group-size", type=int,
                     help="most original layers flattened into one block (default: no limit)")
     _add_model_args(comp)
@@ -155,7 +158,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 METHOD_OPTIONS = {"similarity": "--similarity", "width_policy": "--width-policy", "prune": "--no-prune",
-                  "attn_compensation": "--no-attn-compensation", "ridge_factor": "--ridge-factor",
+                  "attn_compensation": "--no-attn-compensation", "target": "--target", "ridge_factor": "--ridge-factor",
                   "max_group_size": "--max-group-size"}
 
 

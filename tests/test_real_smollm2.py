@@ -61,3 +61,20 @@ def test_flattened_classes_checkpoint_loads_with_remote_code(smollm2, tmp_path):
     got = load_in_clean_process(out, ids, tmp_path, remote=True)
     assert got["cls"].endswith("modeling_flatten.FlattenedLlamaForCausalLM")
     torch.testing.assert_close(got["logits"], reloaded(ids).logits)
+
+
+def test_flattengpt_beats_shortgpt_at_ratio_0_2(smollm2, dense_ppl):
+    """The product's reason to exist, on real weights: same depth, same parameter count, lower perplexity."""
+    from flatten_hf.data import calibration_ids
+
+    model, tokenizer = smollm2
+    ids = calibration_ids(tokenizer, num_samples=32, seq_len=512)
+    evaluation = evaluation_ids(tokenizer)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    results = {}
+    for method in ("shortgpt", "flattengpt"):
+        compressed = flatten_hf.compress(model, method, calibration_ids=ids, ratio=0.2)
+        assert compressed.config.num_hidden_layers == 24
+        assert count(compressed) == count(model) - 6 * count(model.model.layers[0])  # equal parameter count
+        results[method] = flatten_hf.perplexity(compressed, evaluation, seq_len=512, max_windows=16)
+    assert dense_ppl < results["flattengpt"] < results["shortgpt"], results

@@ -162,10 +162,16 @@ class GroupFlattener:
         return sources
 
     @torch.no_grad()
-    def pruned(self, keep_kv: int, keep_channels: int) -> tuple[list[SourceSlice], LayerState, list[torch.Tensor], dict]:
-        """The pruned block and its plan, plus the sequential targets and a report of the choices."""
+    def pruned(self, keep_kv: int, keep_channels: int, targets: list[torch.Tensor] | None = None
+               ) -> tuple[list[SourceSlice], LayerState, list[torch.Tensor], dict]:
+        """The pruned block and its plan, plus the targets it was fitted to and a report of the choices.
+
+        `targets` overrides the block's output target (default: the members' sequential output on the
+        block's input), e.g. with the dense model's hidden states to also undo earlier groups' drift.
+        """
         opts = self.options
-        targets, gram_a, cross_a, tsq_a = self.sequential_reference()
+        sequential, gram_a, cross_a, tsq_a = self.sequential_reference()
+        targets = sequential if targets is None else targets
         w_o = self.wide_state["self_attn.o_proj.weight"].T  # x @ W layout
         lam_a = ridge_lambda(gram_a, opts.ridge_factor)
         kv_groups, w_o_new, attn_err = select_kv_groups(gram_a, cross_a, tsq_a, w_o, self.n_rep, self.head_dim,
@@ -194,10 +200,12 @@ def _block_error(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> fl
 
 @torch.no_grad()
 def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config,
-                   widths: tuple[int, int] | None) -> tuple[list[SourceSlice], LayerState, list[torch.Tensor], dict]:
+                   widths: tuple[int, int] | None, targets: list[torch.Tensor] | None = None
+                   ) -> tuple[list[SourceSlice], LayerState, list[torch.Tensor], dict]:
     """Flatten one group and prune it to `widths` = (key/value groups, MLP channels), or keep it wide
     (`widths=None`). A pruned block competes with "keep one member whole" (when that fits in the same
-    parameter budget); whichever is closest to the group's sequential output on the calibration data wins.
+    parameter budget); whichever is closest to the target (default: the group's sequential output) on
+    the calibration data wins.
     """
     cfg = model.config
     flattener = GroupFlattener(model, runner, group, config)
@@ -205,7 +213,7 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
         sources = [whole_layer(cfg, i) for i in group]
         outputs = runner.run(flattener.wide, flattener.layer_type)
         return sources, flattener.wide_state, outputs, {"choice": "wide"}
-    sources, state, targets, report = flattener.pruned(*widths)
+    sources, state, targets, report = flattener.pruned(*widths, targets=targets)
     candidates = [("flattened", sources, state)]
     if flattener.params(*widths) >= flattener.params(cfg.num_key_value_heads, cfg.intermediate_size):
         candidates += [(f"keep layer {i}", [whole_layer(cfg, i)], layer_state(model, i)) for i in group]

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 SIMILARITY_MODES = ("one-shot", "iterative")
 WIDTH_POLICIES = ("uniform", "global")
+TARGETS = ("sequential", "dense")
 
 
 @dataclass
@@ -63,6 +64,9 @@ class FlattenGPTConfig:
         prune: False keeps the wide blocks whole ("depth-only" flattening: fewer, wider layers at the
             full parameter count).
         attn_compensation: least-squares refit of o_proj on the kept heads.
+        target: what a pruned block is fitted to: 'sequential' (the group's original layers run one after
+            the other on the block's input) or 'dense' (the dense model's hidden state after the group,
+            which also undoes the drift of earlier groups; costs one more dense pass).
         ridge_factor: lambda of the ridge leverage scores and of the refits, as a multiple of the
             mean eigenvalue of the Gram matrix being inverted.
         max_group_size: largest number of original layers in one flattened block (None: no limit).
@@ -75,7 +79,8 @@ class FlattenGPTConfig:
     width_policy: str = "uniform"
     prune: bool = True
     attn_compensation: bool = True
-    ridge_factor: float = 1e-2
+    target: str = "sequential"
+    ridge_factor: float = 0.1
     max_group_size: int | None = None
     similarity_tokens: int = 16384
 
@@ -84,6 +89,8 @@ class FlattenGPTConfig:
             raise ValueError(f"similarity must be one of {SIMILARITY_MODES}, got {self.similarity!r}.")
         if self.width_policy not in WIDTH_POLICIES:
             raise ValueError(f"width_policy must be one of {WIDTH_POLICIES}, got {self.width_policy!r}.")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}.")
 
 
 def _block(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config, cache: dict):
@@ -173,12 +180,19 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
     else:
         widths = global_widths(model, stats_runner, groups, config)
     layers, states, reports = [], [], []
+    dense = runner.with_hidden(runner.hidden) if config.target == "dense" else None
     for group in tqdm(groups, desc="flattengpt: flatten and prune", unit="layer"):
+        targets = None
+        if dense is not None:  # the dense model in lockstep: its hidden state after this group
+            for i in group:
+                dense.advance(dense.run(model.model.layers[i], layer_type_of(cfg, i)))
+            targets = dense.hidden
         if len(group) == 1:
             outputs = runner.run(model.model.layers[group[0]], layer_type_of(cfg, group[0]))
             sources, state = [whole_layer(cfg, group[0])], layer_state(model, group[0])
         else:
-            sources, state, outputs, report = compress_group(model, runner, group, config, widths.get(tuple(group)))
+            sources, state, outputs, report = compress_group(model, runner, group, config, widths.get(tuple(group)),
+                                                             targets)
             reports.append({"group": group, **report})
         layers.append(sources)
         states.append(state)
