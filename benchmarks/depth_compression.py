@@ -8,7 +8,8 @@ latency (batch 1) of the compressed model.
 Example (the README table):
     python benchmarks/depth_compression.py --model smollm2-135m --methods shortgpt --ratios 0.1 0.2 0.3
 
-A method variant is written `name:key=value,key=value`, e.g. `flattengpt:width_policy=global`.
+A method variant is written `name:key=value,key=value`, e.g. `flattengpt:width_policy=global`;
+append `@RATIO` to run it at that ratio only, e.g. `flattengpt:similarity=iterative@0.2`.
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ def main() -> None:
     print(f"dense: ppl {dense['ppl']:.2f}, decoder forward over the calibration data {dense['forward_s']:.1f} s", flush=True)
     for ratio in args.ratios:
         for spec in args.methods:
+            spec, _, only = spec.partition("@")
+            if only and float(only) != ratio:
+                continue
             rows.append(in_child(run_one, spec, ratio, args))
             r = rows[-1]
             print(f"{spec} @ {ratio}: ppl {r['ppl']:.2f}, {r['compress_s']:.1f} s", flush=True)
