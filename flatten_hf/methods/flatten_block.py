@@ -44,6 +44,12 @@ def _out(result) -> torch.Tensor:
     return result[0] if isinstance(result, tuple) else result
 
 
+def _add_gram(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """total + a^T b: the per-batch product in float32, the running sum over batches in float64."""
+    product = (a.T @ b).double()
+    return product if total is None else total + product
+
+
 def _tokens(x: torch.Tensor) -> torch.Tensor:
     """[B, L, d] -> [B*L, d] in float32 (the per-batch Gram products run in float32, sums in float64)."""
     return x.reshape(-1, x.shape[-1]).float()
@@ -81,6 +87,21 @@ class GroupFlattener:
         d = self.cfg.hidden_size
         return kv_groups * self.head_dim * d * (2 * self.n_rep + 2) + channels * 3 * d
 
+    def _run_members(self, x: torch.Tensor, kw: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The members one after the other on `x`: the final output, the first member's output, and the
+        sum of the members' attention-branch outputs in that run."""
+        attn_outputs = []
+        handles = [m.self_attn.o_proj.register_forward_hook(lambda mod, a, o: attn_outputs.append(o))
+                   for m in self.members]
+        try:
+            h = first = _out(self.members[0](x, **kw))
+            for member in self.members[1:]:
+                h = _out(member(h, **kw))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return h, first, sum(attn_outputs)
+
     @torch.no_grad()
     def unit_energies(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Energy that each key/value group and each MLP channel of the wide block writes into the
@@ -92,9 +113,7 @@ class GroupFlattener:
         mlp = self.wide.mlp
         for x, kwargs in self.runner.iter_batches():
             kw = self._kwargs(kwargs)
-            h = x
-            for member in self.members:
-                h = _out(member(h, **kw))
+            h = self._run_members(x, kw)[0]
             outputs.append(h)
             update += ((h - x).float() ** 2).sum().item()
             with _capture(self.wide.self_attn.o_proj, "input") as z:
@@ -114,23 +133,14 @@ class GroupFlattener:
         b_o = self._bias("self_attn.o_proj.bias")
         for x, kwargs in self.runner.iter_batches():
             kw = self._kwargs(kwargs)
-            attn_outputs = []
-            handles = [m.self_attn.o_proj.register_forward_hook(lambda mod, a, o: attn_outputs.append(o))
-                       for m in self.members]
-            h = x
-            for k, member in enumerate(self.members):
-                h = _out(member(h, **kw))
-                if k == 0:
-                    self.first_member_outputs.append(h)
-            for handle in handles:
-                handle.remove()
+            h, first, attention = self._run_members(x, kw)
             targets.append(h)
-            t = _tokens(sum(attn_outputs)) - b_o
+            self.first_member_outputs.append(first)
+            t = _tokens(attention) - b_o
             with _capture(self.wide.self_attn.o_proj, "input") as z:
                 self.wide.self_attn(self.wide.input_layernorm(x), **kw)
             z = _tokens(z[0])
-            gram = (z.T @ z).double() if gram is None else gram + (z.T @ z).double()
-            cross = (z.T @ t).double() if cross is None else cross + (z.T @ t).double()
+            gram, cross = _add_gram(gram, z, z), _add_gram(cross, z, t)
             tsq += (t.double() ** 2).sum().item()
         return targets, gram, cross, tsq
 
@@ -146,8 +156,7 @@ class GroupFlattener:
             u = self.wide.post_attention_layernorm(x1)
             psi = _tokens(mlp.act_fn(mlp.gate_proj(u)) * mlp.up_proj(u))
             t = _tokens(y - x1) - b_d
-            gram = (psi.T @ psi).double() if gram is None else gram + (psi.T @ psi).double()
-            cross = (psi.T @ t).double() if cross is None else cross + (psi.T @ t).double()
+            gram, cross = _add_gram(gram, psi, psi), _add_gram(cross, psi, t)
         return gram, cross
 
     def _sources(self, kv_groups: list[int], channels: list[int]) -> list[SourceSlice]:
