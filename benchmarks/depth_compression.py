@@ -107,6 +107,22 @@ def in_child(target, *args) -> dict:
     return result
 
 
+def print_table(rows: list[dict], args: dict) -> None:
+    """The Markdown table of a benchmark run (also used by --render on a saved JSON)."""
+    dense = rows[0]
+    windows = f"{args['eval_windows']} windows" if args["eval_windows"] else "all windows"
+    print(f"\n{args['model']}: perplexity on {args['source']} evaluation text (seq_len {args['eval_seq_len']}, {windows}); "
+          f"calibration {args['calib_samples']} x {args['calib_seq_len']} tokens; {args['threads']} CPU threads, "
+          f"{args['dtype']}\n")
+    print("| method | ratio | layers | params (M) | ppl | ppl increase | compress (s) | x dense fwd | peak RSS (GB) | prefill 512 (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        increase = r["ppl"] - dense["ppl"]
+        print(f"| {r['method']} | {r['ratio']:.1f} | {r['layers']} | {r['params'] / 1e6:.1f} | {r['ppl']:.2f} | "
+              f"{increase:+.2f} | {r['compress_s']:.1f} | {r['compress_s'] / dense['forward_s']:.2f} | "
+              f"{r['peak_rss_mb'] / 1024:.2f} | {r['prefill_ms']:.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
@@ -121,7 +137,13 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--render", default=None, metavar="JSON", help="print the table of a saved run and exit")
     args = p.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        print_table(saved["rows"], saved["args"])
+        return
 
     rows = [in_child(run_dense, args)]
     dense = rows[0]
@@ -134,16 +156,7 @@ def main() -> None:
             rows.append(in_child(run_one, spec, ratio, args))
             r = rows[-1]
             print(f"{spec} @ {ratio}: ppl {r['ppl']:.2f}, {r['compress_s']:.1f} s", flush=True)
-    windows = f"{args.eval_windows} windows" if args.eval_windows else "all windows"
-    print(f"\n{args.model}: perplexity on {args.source} evaluation text (seq_len {args.eval_seq_len}, {windows}); "
-          f"calibration {args.calib_samples} x {args.calib_seq_len} tokens; {args.threads} CPU threads, {args.dtype}\n")
-    print("| method | ratio | layers | params (M) | ppl | ppl increase | compress (s) | x dense fwd | peak RSS (GB) | prefill 512 (ms) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        increase = r["ppl"] - dense["ppl"]
-        print(f"| {r['method']} | {r['ratio']:.1f} | {r['layers']} | {r['params'] / 1e6:.1f} | {r['ppl']:.2f} | "
-              f"{increase:+.2f} | {r['compress_s']:.1f} | {r['compress_s'] / dense['forward_s']:.2f} | "
-              f"{r['peak_rss_mb'] / 1024:.2f} | {r['prefill_ms']:.0f} |")
+    print_table(rows, vars(args))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": rows}, f, indent=2)
