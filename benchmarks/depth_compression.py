@@ -154,8 +154,7 @@ def main() -> None:
             if only and float(only) != ratio:
                 continue
             rows.append(in_child(run_one, spec, ratio, args))
-            r = rows[-1]
-            print(f"{spec} @ {ratio}: ppl {r['ppl']:.2f}, {r['compress_s']:.1f} s", flush=True)
+            print(f"row {json.dumps(rows[-1])}", flush=True)  # each row as soon as it is measured
     print_table(rows, vars(args))
     if args.json:
         with open(args.json, "w") as f:
