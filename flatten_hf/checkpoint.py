@@ -63,20 +63,27 @@ def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Pat
     return out
 
 
-def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False) -> Path:
-    """Save a compressed model (and tokenizer) to `out_dir`, all or nothing.
+def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False,
+                    card: bool = True, max_shard_size: str | int = "5GB") -> Path:
+    """Save a compressed model (and tokenizer, and its model card) to `out_dir`, all or nothing.
 
     A model of the per-layer `Flattened*` classes is saved with its modeling files and an `auto_map`,
     so it loads with `trust_remote_code=True` where flatten-hf is not installed; a stock-class model
-    is saved as a plain LLaMA/Qwen2 checkpoint (the merge plan still in `config.json`).
+    is saved as a plain LLaMA/Qwen2 checkpoint (the merge plan still in `config.json`). Weights are
+    safetensors, sharded above `max_shard_size` (the Hub's recommended 5GB by default). With `card`,
+    `README.md` is the rendered model card (see `flatten_hf.card`) of a model with a merge plan.
     """
     out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+        if card and getattr(model.config, "flatten", None):
+            from .card import write_card
+
+            write_card(staging, model_name=out.name)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

@@ -24,6 +24,8 @@ examples:
   flatten-hf compress --method shortgpt --ratio 0.2 --out out/smollm2-shortgpt
   flatten-hf ppl smollm2-135m out/smollm2-flattengpt out/smollm2-shortgpt
   flatten-hf info out/smollm2-flattengpt
+  flatten-hf card out/smollm2-flattengpt --measure  # add measured quality and speed to the model card
+  flatten-hf push out/smollm2-flattengpt your-name/SmolLM2-135M-flattengpt-24L
 """
 
 MODEL_HELP = ("an offline asset name (smollm2-135m [default], qwen2.5-coder-0.5b), a local checkpoint "
@@ -80,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     comp.add_argument("--flattened-classes", action="store_true",
                       help="always save with the Flattened* classes, even when every layer has the dense widths")
+    comp.add_argument("--no-card", dest="card", action="store_false",
+                      help="do not write a model card (README.md) into --out")
+    comp.add_argument("--max-shard-size", default="5GB",
+                      help="split the safetensors weights into shards of at most this size (default 5GB)")
     # Method options default to SUPPRESS: only flags the user gives reach the method's config, whose
     # dataclass holds the defaults.
     fg = comp.add_argument_group("FlattenGPT options (--method flattengpt)", argument_default=argparse.SUPPRESS)
@@ -119,6 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show a compressed checkpoint's merge plan",
                           description="Print where every layer of a compressed checkpoint came from.")
     info.add_argument("model", help="a compressed checkpoint directory")
+
+    card = sub.add_parser(
+        "card", help="render a compressed checkpoint's model card into DIR/README.md",
+        description="Render the model card (hub_cards/model_card.md) of a checkpoint written by `compress`: "
+                    "Hub metadata (base_model, license, tags, datasets, model-index), what was done, the merge "
+                    "plan, how to load it, the command that reproduces it and, with --measure or an existing "
+                    "DIR/eval_results.json, measured quality and speed against the base model.")
+    card.add_argument("dir", help="a compressed checkpoint directory")
+    card.add_argument("--repo-id", default=None, help="the Hub repository the card's loading snippet names "
+                                                      "(default: your-username/DIR; `push` fills it in)")
+    card.add_argument("--measure", action="store_true",
+                      help="first measure perplexity and batch-1 prefill latency of DIR and of its base model "
+                           "and save them to DIR/eval_results.json")
+    card.add_argument("--base-model", default=None, help="base model to measure against (default: the plan's)")
+    card.add_argument("--eval-windows", type=int, default=32,
+                      help="with --measure: score the first N evaluation windows of 512 tokens (default 32)")
+
+    push = sub.add_parser(
+        "push", help="upload a compressed checkpoint to the Hugging Face Hub in one commit",
+        description="Upload DIR to REPO_ID in one commit: safetensors weights, config.json with the merge plan, "
+                    "the modeling files when the checkpoint needs them, tokenizer and generation config, the "
+                    "model card and eval_results.json. Respects HF_ENDPOINT and HF_TOKEN.")
+    push.add_argument("dir", help="a compressed checkpoint directory")
+    push.add_argument("repo_id", help="target repository, e.g. your-name/SmolLM2-135M-flattengpt-24L (created "
+                                      "if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--revision", default=None, help="branch to commit to (created if missing; default main)")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing directly")
+    push.add_argument("--token", default=None, help="write token (default: HF_TOKEN or the `hf auth login` token)")
+    push.add_argument("--commit-message", default=None, help="commit message")
     return parser
 
 
@@ -151,7 +187,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                           stock_if_uniform=not args.flattened_classes, base_model=base_model_id(args.model),
                           ratio=args.ratio, num_layers=args.num_layers, **options)
     seconds = time.perf_counter() - start
-    out = save_compressed(compressed, args.out, tokenizer, overwrite=args.overwrite)
+    out = save_compressed(compressed, args.out, tokenizer, overwrite=args.overwrite, card=args.card,
+                          max_shard_size=args.max_shard_size)
     print(f"{args.method}: {model.config.num_hidden_layers} -> {compressed.config.num_hidden_layers} layers, "
           f"{_params(model) / 1e6:.1f}M -> {_params(compressed) / 1e6:.1f}M parameters, {seconds:.1f} s; saved to {out}")
     return 0
@@ -220,7 +257,28 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"assets": _cmd_assets, "compress": _cmd_compress, "ppl": _cmd_ppl, "info": _cmd_info}
+def _cmd_card(args: argparse.Namespace) -> int:
+    from .card import write_card
+
+    if args.measure:
+        from .evaluation import measure_against_base
+
+        measure_against_base(args.dir, args.base_model, max_windows=args.eval_windows)
+    print(f"wrote {write_card(args.dir, args.repo_id)}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    info = push_to_hub(args.dir, args.repo_id, private=args.private, revision=args.revision,
+                       create_pr=args.create_pr, token=args.token, commit_message=args.commit_message)
+    print(f"pushed {args.dir} to {args.repo_id}: {info.pr_url or info.commit_url}")
+    return 0
+
+
+COMMANDS = {"assets": _cmd_assets, "compress": _cmd_compress, "ppl": _cmd_ppl, "info": _cmd_info,
+            "card": _cmd_card, "push": _cmd_push}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

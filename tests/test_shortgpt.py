@@ -39,8 +39,8 @@ def test_removes_the_lowest_influence_layers(arch):
 
 
 @pytest.mark.parametrize("num_layers, ratio, message", [
-    (None, None, "exactly one of"), (2, 0.5, "exactly one of"), (None, 1.0, r"ratio must be in \(0, 1\)"),
-    (30, None, "Cannot remove 30 of 30"), (None, 0.01, "Cannot remove 0 of 30"),
+    (None, None, "exactly one of"), (2, 0.5, "exactly one of"), (None, 1.0, r"ratio must be in \[0, 1\)"),
+    (30, None, "Cannot remove 30 of 30"), (-1, None, "Cannot remove -1 of 30"), (None, 0.01, "rounds to 0 layers"),
 ])
 def test_bad_depth_targets_are_explained(num_layers, ratio, message):
     with pytest.raises(ValueError, match=message):
@@ -49,6 +49,7 @@ def test_bad_depth_targets_are_explained(num_layers, ratio, message):
 
 def test_ratio_counts_decoder_layers():
     assert [layers_to_remove(30, None, r) for r in (0.1, 0.2, 0.3)] == [3, 6, 9]
+    assert layers_to_remove(30, 0, None) == layers_to_remove(30, None, 0.0) == 0  # nothing removed: a reference
 
 
 def test_unknown_method_and_missing_tokenizer_are_explained():
@@ -57,3 +58,13 @@ def test_unknown_method_and_missing_tokenizer_are_explained():
         compress(model, "nope", ratio=0.25)
     with pytest.raises(ValueError, match="needs a tokenizer"):
         compress(model, "shortgpt", ratio=0.25)
+
+
+@pytest.mark.parametrize("method", ["shortgpt", "flattengpt"])
+def test_removing_no_layer_rebuilds_the_same_model(arch, method):
+    """The reference checkpoint of the drop-in tests: a plan that keeps everything is the base model."""
+    model = tiny_model(arch)
+    ids = torch.randint(3, 96, (4, 16))
+    out = compress(model, method, calibration_ids=ids, num_layers=0, stock_if_uniform=False)
+    assert type(out).__name__.startswith("Flattened") and out.config.flatten["merge_plan"] == [[i] for i in range(4)]
+    assert torch.equal(out(ids).logits, model(ids).logits)

