@@ -115,8 +115,8 @@ def base_license(base_model: str) -> str | None:
     """The base model's license: known for the offline assets, else read from a local base folder's card."""
     if base_model in BASE_LICENSES:
         return BASE_LICENSES[base_model]
-    card_path = Path(base_model) / "README.md"
-    if card_path.is_file():
+    card_path = Path(base_model) / "README.md" if base_model else None
+    if card_path is not None and card_path.is_file():
         return ModelCard.load(card_path).data.license
     return None
 

@@ -7,6 +7,7 @@ sibling directory and renames it into place, so a failure never leaves a half-wr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -63,6 +64,24 @@ def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Pat
     return out
 
 
+def add_v4_rope_keys(config_path: Path) -> None:
+    """Also write RoPE settings the way transformers 4.x reads them, next to 5.x's `rope_parameters`.
+
+    transformers 5 saves `rope_parameters` only; 4.57 ignores that key and silently falls back to
+    rope_theta=10000 (SmolLM2 uses 100000, Qwen2.5 1000000), producing wrong logits with no error.
+    The top-level `rope_theta` (and `rope_scaling` for non-default RoPE) are what 4.x reads, and 5.x
+    still accepts them, so the checkpoint loads correctly on both lines.
+    """
+    config = json.loads(config_path.read_text())
+    rope = config.get("rope_parameters")
+    if not isinstance(rope, dict) or "rope_theta" not in rope:
+        return
+    config.setdefault("rope_theta", rope["rope_theta"])
+    if rope.get("rope_type", "default") != "default":
+        config.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False,
                     card: bool = True, max_shard_size: str | int = "5GB") -> Path:
     """Save a compressed model (and tokenizer, and its model card) to `out_dir`, all or nothing.
@@ -78,6 +97,7 @@ def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenize
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
+        add_v4_rope_keys(staging / "config.json")
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         if card and getattr(model.config, "flatten", None):

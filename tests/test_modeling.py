@@ -113,17 +113,26 @@ REMOTE_LOAD = textwrap.dedent("""
         except ValueError as e:
             assert "trust_remote_code" in str(e), e
     model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=remote)
-    ids = torch.load(sys.argv[3])
-    torch.save({"cls": type(model).__module__ + "." + type(model).__name__, "logits": model(ids).logits}, sys.argv[4])
+    ids, new_tokens = torch.load(sys.argv[3]), int(sys.argv[5])
+    import transformers
+    out = {"cls": type(model).__module__ + "." + type(model).__name__, "logits": model(ids).logits,
+           "transformers": transformers.__version__}
+    if new_tokens:
+        out["generated"] = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                          do_sample=False)
+    torch.save(out, sys.argv[4])
 """)
 
 
-def load_in_clean_process(path, ids: torch.Tensor, tmp_path, remote: bool) -> dict:
-    """Load `path` in a fresh Python where flatten_hf cannot be imported; return its class and logits."""
+def load_in_clean_process(path, ids: torch.Tensor, tmp_path, remote: bool, python: str = sys.executable,
+                          new_tokens: int = 0) -> dict:
+    """Load `path` in a fresh Python where flatten_hf cannot be imported; return its class and logits
+    (and, with `new_tokens`, its greedy continuation of `ids`). `python` may be another environment,
+    e.g. one with transformers 4.57."""
     torch.save(ids, tmp_path / "ids.pt")
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", REMOTE_LOAD, str(path), "1" if remote else "0",
-                           str(tmp_path / "ids.pt"), str(tmp_path / "out.pt")],
+    proc = subprocess.run([python, "-c", REMOTE_LOAD, str(path), "1" if remote else "0",
+                           str(tmp_path / "ids.pt"), str(tmp_path / "out.pt"), str(new_tokens)],
                           cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(tmp_path / "out.pt")
