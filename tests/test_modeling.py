@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +22,10 @@ HETERO = dict(num_attention_heads_per_layer=[4, 8, 2, 6], num_key_value_heads_pe
               intermediate_size_per_layer=[48, 96, 7, 30])
 
 
-def flattened(arch: str, attn: str = "sdpa", seed: int = 0, **per_layer):
+def flattened(arch: str, attn: str = "sdpa", seed: int = 0, config_overrides: dict | None = None, **per_layer):
     spec = ARCHITECTURES[arch]
-    fields = {k: v for k, v in tiny_config(arch).to_dict().items() if k not in ("model_type", "architectures", "transformers_version")}
+    fields = {k: v for k, v in tiny_config(arch, **(config_overrides or {})).to_dict().items()
+              if k not in ("model_type", "architectures", "transformers_version")}
     config = spec.flatten_config_class(**fields, **per_layer)
     config._attn_implementation = attn
     torch.manual_seed(seed)
@@ -138,11 +140,20 @@ def load_in_clean_process(path, ids: torch.Tensor, tmp_path, remote: bool, pytho
     return torch.load(tmp_path / "out.pt")
 
 
-def test_trust_remote_code_load_without_flatten_hf(arch, tmp_path):
-    model = flattened(arch, **HETERO)
+# The bare transformers-4.57 environment made by scripts/setup.sh: Hub users on the last 4.x line.
+PYTHON_V4 = Path(__file__).resolve().parents[1] / ".venv-transformers4" / "bin" / "python"
+
+
+@pytest.mark.parametrize("python", [sys.executable, str(PYTHON_V4)], ids=["transformers5", "transformers4.57"])
+def test_trust_remote_code_load_without_flatten_hf(arch, python, tmp_path):
+    assert Path(python).exists(), "run `bash scripts/setup.sh` to create .venv-transformers4 (transformers 4.57)"
+    model = flattened(arch, config_overrides={"rope_theta": 50000.0}, **HETERO)  # not the 10000 default
     save_compressed(model, tmp_path / "ckpt")
     assert {"configuration_flatten.py", "modeling_flatten.py"} <= set(os.listdir(tmp_path / "ckpt"))
     ids = torch.randint(3, 96, (2, 8))
-    got = load_in_clean_process(tmp_path / "ckpt", ids, tmp_path, remote=True)
+    got = load_in_clean_process(tmp_path / "ckpt", ids, tmp_path, remote=True, python=python, new_tokens=4)
     assert got["cls"].startswith("transformers_modules.") and got["cls"].endswith(type(model).__name__)
-    assert torch.equal(got["logits"], model(ids).logits)
+    assert got["transformers"].startswith("4.57" if python == str(PYTHON_V4) else "5.")
+    torch.testing.assert_close(got["logits"], model(ids).logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got["generated"], model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                                        do_sample=False))
