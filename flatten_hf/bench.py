@@ -1,0 +1,178 @@
+"""Speed and size of (compressed) models: prefill latency, decode throughput, peak memory, size on disk.
+
+Each model is measured in its own child process, so that its peak memory is its own and one model's
+allocator state does not slow the next. Timings take a warm-up run, then the median (and min/max)
+of several repeats. The first model is the reference: the others are reported as speed-ups over it,
+next to the ideal speed-up from the FLOPs of a prefill (linear layers, lm_head and attention scores).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .architecture import head_dim_of, layer_sizes
+
+logger = logging.getLogger(__name__)
+
+PREFILL_SEQ_LENS = (512, 2048)
+DECODE_BATCHES = (1, 16)
+NEW_TOKENS = 128
+PROMPT_LEN = 32
+
+
+@dataclass
+class Timing:
+    """Median, min and max over the repeats (after a warm-up)."""
+
+    median: float
+    min: float
+    max: float
+    repeats: int
+
+
+@dataclass
+class SpeedResult:
+    name: str
+    layers: int
+    parameters: int
+    file_bytes: int | None
+    device: str
+    threads: int
+    prefill_ms: dict[str, Timing] = field(default_factory=dict)  # by sequence length
+    decode_tokens_per_s: dict[str, Timing] = field(default_factory=dict)  # by batch size
+    peak_memory_mb: float = 0.0
+    prefill_gflops: dict[str, float] = field(default_factory=dict)  # by sequence length
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SpeedResult":
+        return cls(**{**d, "prefill_ms": {k: Timing(**v) for k, v in d["prefill_ms"].items()},
+                      "decode_tokens_per_s": {k: Timing(**v) for k, v in d["decode_tokens_per_s"].items()}})
+
+
+def _timing(fn, repeats: int, device: torch.device) -> Timing:
+    """Wall time of `fn()` in seconds: one warm-up call, then `repeats` timed calls."""
+    times = []
+    for i in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            times.append(time.perf_counter() - start)
+    return Timing(statistics.median(times), min(times), max(times), repeats)
+
+
+def prefill_flops(config, seq_len: int) -> float:
+    """FLOPs of one batch-1 prefill: 2 per weight per token for every linear layer (lm_head included)
+    plus the causal attention scores and weighted sums (2 x 2 x head_dim x seq_len^2 / 2 per head)."""
+    hidden, head_dim = config.hidden_size, head_dim_of(config)
+    total = 2 * hidden * config.vocab_size * seq_len
+    for i in range(config.num_hidden_layers):
+        q, kv, mlp = layer_sizes(config, i)
+        linear = hidden * head_dim * (2 * q + 2 * kv) + 3 * hidden * mlp
+        total += 2 * linear * seq_len + 2 * q * head_dim * seq_len * seq_len
+    return float(total)
+
+
+def folder_bytes(path: str | Path) -> int | None:
+    files = list(Path(path).glob("*.safetensors"))
+    return sum(f.stat().st_size for f in files) if files else None
+
+
+@torch.no_grad()
+def measure_speed(model_name: str, repeats: int = 5, device: str | None = None, dtype: str = "float32",
+                  seq_lens: tuple[int, ...] = PREFILL_SEQ_LENS, batches: tuple[int, ...] = DECODE_BATCHES,
+                  new_tokens: int = NEW_TOKENS) -> SpeedResult:
+    """Measure one model in this process (see `benchmark` for the isolated, several-model version)."""
+    from .checkpoint import load_model, resolve_model_path
+
+    model, _ = load_model(model_name, dtype, device)
+    dev = next(model.parameters()).device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    gen = torch.Generator().manual_seed(0)
+    result = SpeedResult(name=model_name, layers=model.config.num_hidden_layers,
+                         parameters=sum(p.numel() for p in model.parameters()),
+                         file_bytes=folder_bytes(resolve_model_path(model_name)), device=str(dev),
+                         threads=torch.get_num_threads())
+    for seq_len in seq_lens:
+        ids = torch.randint(100, 1000, (1, seq_len), generator=gen).to(dev)
+        result.prefill_ms[str(seq_len)] = _scaled(_timing(lambda: model(ids, use_cache=False), repeats, dev), 1000)
+        result.prefill_gflops[str(seq_len)] = prefill_flops(model.config, seq_len) / 1e9
+    for batch in batches:
+        ids = torch.randint(100, 1000, (batch, PROMPT_LEN), generator=gen).to(dev)
+        run = lambda: model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,  # noqa: E731
+                                     min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+        seconds = _timing(run, max(1, repeats // 2), dev)
+        tokens = batch * new_tokens
+        result.decode_tokens_per_s[str(batch)] = Timing(tokens / seconds.median, tokens / seconds.max,
+                                                        tokens / seconds.min, seconds.repeats)
+    if dev.type == "cuda":
+        result.peak_memory_mb = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return result
+
+
+def _scaled(t: Timing, factor: float) -> Timing:
+    return Timing(t.median * factor, t.min * factor, t.max * factor, t.repeats)
+
+
+def _child(queue, args, kwargs) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    queue.put(measure_speed(*args, **kwargs).to_dict())
+
+
+def benchmark(models: list[str], **kwargs) -> list[SpeedResult]:
+    """Measure each model in a fresh child process, one after the other (never concurrently)."""
+    ctx = mp.get_context("spawn")
+    results = []
+    for name in models:
+        logger.info("Benchmarking %s", name)
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_child, args=(queue, (name,), kwargs))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"benchmarking {name} failed (exit code {proc.exitcode}).")
+        results.append(SpeedResult.from_dict(result))
+    return results
+
+
+def speed_table(results: list[SpeedResult]) -> str:
+    """Markdown: each model's speed and size, and its prefill speed-up over the first model next to the
+    ideal (the FLOPs ratio); "% of ideal" is measured speed-up / ideal speed-up."""
+    ref = results[0]
+    seq_lens = list(ref.prefill_ms)
+    batches = list(ref.decode_tokens_per_s)
+    head = ["model", "layers", "params (M)", "size (MB)", "peak mem (MB)"]
+    for s in seq_lens:
+        head += [f"prefill {s} (ms)", f"speed-up {s}", f"ideal {s}", f"% of ideal {s}"]
+    head += [f"decode b{b} (tok/s)" for b in batches]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        row = [r.name, str(r.layers), f"{r.parameters / 1e6:.1f}",
+               f"{r.file_bytes / 2**20:.0f}" if r.file_bytes else "-", f"{r.peak_memory_mb:.0f}"]
+        for s in seq_lens:
+            t = r.prefill_ms[s]
+            speedup = ref.prefill_ms[s].median / t.median
+            ideal = ref.prefill_gflops[s] / r.prefill_gflops[s]
+            row += [f"{t.median:.1f} ({t.min:.1f}-{t.max:.1f})", f"{speedup:.3f}x", f"{ideal:.3f}x",
+                    f"{100 * speedup / ideal:.1f}%"]
+        row += [f"{r.decode_tokens_per_s[b].median:.1f}" for b in batches]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)

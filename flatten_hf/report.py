@@ -1,0 +1,186 @@
+"""One Markdown report from saved evaluation and benchmark JSON: tables and matplotlib plots.
+
+`flatten-hf report --eval eval.json [--bench bench.json] --out DIR` writes `DIR/report.md` and PNGs:
+perplexity and zero-shot average against the compression ratio (one line per method), the layer
+similarity heatmap behind FlattenGPT's grouping, and every compressed model's merge plan drawn as
+which original layers feed which new layer. Everything is read from the JSON files (the merge plans
+travel inside the evaluation results), so a report can be rebuilt without any model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .bench import SpeedResult, speed_table
+from .evaluation import EvalResult
+
+logger = logging.getLogger(__name__)
+
+TASK_LABELS = {"piqa": "PIQA", "hellaswag": "HellaSwag", "winogrande": "WinoGrande", "arc_easy": "ARC-e",
+               "arc_challenge": "ARC-c"}
+
+
+@dataclass
+class Row:
+    """An evaluated model placed on the method x ratio grid."""
+
+    result: EvalResult
+    method: str
+    ratio: float
+
+
+def label_of(result: EvalResult) -> tuple[str, float]:
+    """(method label, compression ratio) from a result's merge plan; the dense model is ('dense', 0)."""
+    plan = result.plan
+    if not plan:
+        return "dense", 0.0
+    params = plan.get("method_params", {})
+    label = plan["method"]
+    if params.get("width_policy") == "global":
+        label += " (global widths)"
+    if params.get("prune") is False:
+        label += " (depth-only)"
+    if params.get("similarity") == "iterative":
+        label += " (iterative)"
+    return label, 1 - len(plan["layers"]) / plan["source_num_hidden_layers"]
+
+
+def load_results(path: str | Path) -> tuple[dict, list]:
+    data = json.loads(Path(path).read_text())
+    return data.get("settings", {}), data["models"]
+
+
+def quality_table(rows: list[Row]) -> str:
+    dense = next((r.result for r in rows if r.method == "dense"), None)
+    tasks = [t.task for t in rows[0].result.tasks] if rows[0].result.tasks else []
+    head = ["model", "method", "ratio", "layers", "params (M)", "perplexity"] + [TASK_LABELS.get(t, t) for t in tasks]
+    if tasks:
+        head += ["avg (± se)", "avg retained"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        r = row.result
+        cells = [r.name, row.method, f"{row.ratio:.2f}", str(r.layers), f"{r.parameters / 1e6:.1f}",
+                 f"{r.perplexity:.2f}" if r.perplexity is not None else "-"]
+        cells += [f"{100 * t.headline:.1f}" for t in r.tasks]
+        if tasks:
+            retained = (f"{100 * r.zero_shot_average / dense.zero_shot_average:.1f}%"
+                        if dense and dense.zero_shot_average else "-")
+            cells += [f"{100 * r.zero_shot_average:.1f} (± {100 * r.zero_shot_average_stderr:.1f})", retained]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise RuntimeError("Plots need matplotlib: pip install 'flatten-hf[eval]'.") from e
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_quality(rows: list[Row], path: Path) -> None:
+    """Perplexity and zero-shot average against the compression ratio, one line per method."""
+    plt = _plt()
+    dense = next((r for r in rows if r.method == "dense"), None)
+    methods = sorted({r.method for r in rows if r.method != "dense"})
+    has_tasks = any(r.result.zero_shot_average is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if has_tasks else 1, figsize=(11 if has_tasks else 5.5, 4), squeeze=False)
+    for method in methods:
+        points = sorted(([dense] if dense else []) + [r for r in rows if r.method == method], key=lambda r: r.ratio)
+        ratios = [r.ratio for r in points]
+        axes[0][0].plot(ratios, [r.result.perplexity for r in points], marker="o", label=method)
+        if has_tasks:
+            axes[0][1].plot(ratios, [100 * r.result.zero_shot_average for r in points], marker="o", label=method)
+    axes[0][0].set(xlabel="compression ratio (fraction of layers removed)", ylabel="perplexity (log scale)",
+                   yscale="log", title="Perplexity (lower is better)")
+    if has_tasks:
+        axes[0][1].set(xlabel="compression ratio (fraction of layers removed)", ylabel="accuracy (%)",
+                       title="Zero-shot average, 5 tasks (higher is better)")
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_similarity(matrix: list[list[float]], path: Path, title: str) -> None:
+    """Heatmap of the mean cosine similarity between the inputs of every pair of layers."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    image = ax.imshow(matrix, cmap="viridis", vmin=min(min(row) for row in matrix), vmax=1.0)
+    ax.set(xlabel="layer j", ylabel="layer i", title=title)
+    fig.colorbar(image, ax=ax, label="cosine similarity of layer inputs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_merge_plans(rows: list[Row], path: Path) -> None:
+    """Each compressed model's plan: original layers (top row) joined to the new layer they feed (bottom row)."""
+    plt = _plt()
+    plans = [r for r in rows if r.result.plan]
+    fig, axes = plt.subplots(len(plans), 1, figsize=(12, 1.6 * len(plans)), squeeze=False)
+    for ax, row in zip(axes[:, 0], plans):
+        plan = row.result.plan
+        n_src, groups = plan["source_num_hidden_layers"], plan["merge_plan"]
+        scale = (n_src - 1) / max(1, len(groups) - 1)
+        for new, group in enumerate(groups):
+            merged = len(group) > 1
+            for src in group:
+                ax.plot([src, new * scale], [1, 0], color="tab:red" if merged else "tab:gray",
+                        lw=1.6 if merged else 0.8)
+        kept = {src for group in groups for src in group}
+        ax.scatter(range(n_src), [1] * n_src, c=["tab:blue" if i in kept else "lightgray" for i in range(n_src)], s=18,
+                   zorder=3)
+        ax.scatter([i * scale for i in range(len(groups))], [0] * len(groups), c="black", s=18, zorder=3)
+        ax.set_yticks([0, 1], ["new", "original"])
+        ax.set_xticks(range(n_src))
+        ax.tick_params(labelsize=7)
+        ax.set_title(f"{row.result.name}: {row.method}, {n_src} -> {len(groups)} layers "
+                     "(red: flattened groups; grey dots: removed layers)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def build_report(eval_json: str | Path, out_dir: str | Path, bench_json: str | Path | None = None,
+                 title: str = "flatten-hf report") -> Path:
+    """Write `out_dir/report.md` and its plots from saved `flatten-hf eval` (and `bench`) JSON."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings, models = load_results(eval_json)
+    results = [EvalResult.from_dict(m) for m in models]
+    rows = sorted((Row(r, *label_of(r)) for r in results), key=lambda r: (r.method != "dense", r.method, r.ratio))
+    parts = [f"# {title}", "", "## Quality", "", _settings_line(settings), "", quality_table(rows), ""]
+    plot_quality(rows, out / "quality_vs_ratio.png")
+    parts += ["![perplexity and zero-shot average against the compression ratio](quality_vs_ratio.png)", ""]
+    if bench_json:
+        bench_settings, bench_models = load_results(bench_json)
+        parts += ["## Speed and size", "", _settings_line(bench_settings), "",
+                  speed_table([SpeedResult.from_dict(m) for m in bench_models]), ""]
+    similarity = next((r for r in rows if r.result.plan and "similarity_matrix" in r.result.plan["method_params"]), None)
+    if similarity:
+        plot_similarity(similarity.result.plan["method_params"]["similarity_matrix"], out / "layer_similarity.png",
+                        f"Layer input similarity ({similarity.result.plan['base_model']})")
+        parts += ["## Layer similarity", "", "Mean cosine similarity of the hidden states entering each pair of "
+                  "layers on the calibration text (FlattenGPT flattens adjacent layers with similar inputs).", "",
+                  "![layer similarity heatmap](layer_similarity.png)", ""]
+    if any(r.result.plan for r in rows):
+        plot_merge_plans(rows, out / "merge_plans.png")
+        parts += ["## Merge plans", "", "![merge plans](merge_plans.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(parts))
+    logger.info("Wrote %s", path)
+    return path
+
+
+def _settings_line(settings: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in settings.items()) if settings else ""

