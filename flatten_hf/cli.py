@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ridge lambda as a multiple of the mean eigenvalue of the activation Gram (default 0.1)")
     fg.add_argument("--max-group-size", type=int,
                     help="most original layers flattened into one block (default: no limit)")
+    fg.add_argument("--similarity-tokens", type=int,
+                    help="calibration tokens used for the layer similarities and the global ranking (default 8192)")
     _add_model_args(comp)
     _add_calibration_args(comp)
 
@@ -243,7 +245,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 METHOD_OPTIONS = {"similarity": "--similarity", "width_policy": "--width-policy", "prune": "--no-prune",
                   "attn_compensation": "--no-attn-compensation", "target": "--target", "ridge_factor": "--ridge-factor",
-                  "max_group_size": "--max-group-size"}
+                  "max_group_size": "--max-group-size", "similarity_tokens": "--similarity-tokens"}
 
 
 def _method_options(args: argparse.Namespace) -> dict:

@@ -70,7 +70,9 @@ class FlattenGPTConfig:
         ridge_factor: lambda of the ridge leverage scores and of the refits, as a multiple of the
             mean eigenvalue of the Gram matrix being inverted.
         max_group_size: largest number of original layers in one flattened block (None: no limit).
-        similarity_tokens: calibration tokens used for similarities and the global ranking.
+        similarity_tokens: calibration tokens used for similarities and the global ranking. 8192 by
+            default: on SmolLM2 the groups at ratios 0.1/0.2/0.3 are identical from 4096, 8192 and
+            16384 tokens, and each halving saves a quarter of a dense forward pass of compute.
     """
 
     num_layers: int | None = None
@@ -82,7 +84,7 @@ class FlattenGPTConfig:
     target: str = "sequential"
     ridge_factor: float = 0.1
     max_group_size: int | None = None
-    similarity_tokens: int = 16384
+    similarity_tokens: int = 8192
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITY_MODES:
