@@ -4,8 +4,11 @@ Importing the package registers the flattened config and model classes with tran
 classes, so compressed checkpoints load with `AutoModelForCausalLM.from_pretrained` directly.
 """
 
+from .card import render_card, write_card
 from .checkpoint import load_model, save_compressed
 from .compression import CalibrationConfig, compress
+from .evaluation import EvalResult, evaluate
+from .hub import push_to_hub
 from .methods.flattengpt import FlattenGPTConfig
 from .methods.shortgpt import ShortGPTConfig
 from .modeling import (
@@ -27,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationConfig",
+    "EvalResult",
     "FlattenConfig",
     "FlattenGPTConfig",
     "FlattenLlamaConfig",
@@ -39,7 +43,11 @@ __all__ = [
     "ShortGPTConfig",
     "SourceSlice",
     "compress",
+    "evaluate",
     "load_model",
     "perplexity",
+    "push_to_hub",
+    "render_card",
     "save_compressed",
+    "write_card",
 ]
