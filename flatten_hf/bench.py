@@ -165,7 +165,7 @@ def speed_table(results: list[SpeedResult]) -> str:
     head += [f"decode b{b} (tok/s)" for b in batches]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
-        row = [r.name, str(r.layers), f"{r.parameters / 1e6:.1f}",
+        row = [Path(r.name).name or r.name, str(r.layers), f"{r.parameters / 1e6:.1f}",
                f"{r.file_bytes / 2**20:.0f}" if r.file_bytes else "-", f"{r.peak_memory_mb:.0f}"]
         for s in seq_lens:
             t = r.prefill_ms[s]

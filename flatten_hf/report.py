@@ -48,6 +48,11 @@ def label_of(result: EvalResult) -> tuple[str, float]:
     return label, 1 - len(plan["layers"]) / plan["source_num_hidden_layers"]
 
 
+def display_name(name: str) -> str:
+    """A checkpoint folder is shown by its last path component."""
+    return Path(name).name or name
+
+
 def load_results(path: str | Path) -> tuple[dict, list]:
     data = json.loads(Path(path).read_text())
     return data.get("settings", {}), data["models"]
@@ -62,7 +67,7 @@ def quality_table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         r = row.result
-        cells = [r.name, row.method, f"{row.ratio:.2f}", str(r.layers), f"{r.parameters / 1e6:.1f}",
+        cells = [display_name(r.name), row.method, f"{row.ratio:.2f}", str(r.layers), f"{r.parameters / 1e6:.1f}",
                  f"{r.perplexity:.2f}" if r.perplexity is not None else "-"]
         cells += [f"{100 * t.headline:.1f}" for t in r.tasks]
         if tasks:
@@ -144,7 +149,7 @@ def plot_merge_plans(rows: list[Row], path: Path) -> None:
         ax.set_yticks([0, 1], ["new", "original"])
         ax.set_xticks(range(n_src))
         ax.tick_params(labelsize=7)
-        ax.set_title(f"{row.result.name}: {row.method}, {n_src} -> {len(groups)} layers "
+        ax.set_title(f"{display_name(row.result.name)}: {row.method}, {n_src} -> {len(groups)} layers "
                      "(red: flattened groups; grey dots: removed layers)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
