@@ -142,10 +142,12 @@ def test_peft_lora_trains_and_merges_on_per_layer_widths(checkpoints, smollm2, t
         adapted = peft_model(input_ids=batch[:1]).logits
         merged = peft_model.merge_and_unload()
         assert type(merged) is flatten_hf.FlattenedLlamaForCausalLM
-        torch.testing.assert_close(merged(input_ids=batch[:1]).logits, adapted, rtol=1e-4, atol=1e-4)
+        merged_logits = merged(input_ids=batch[:1]).logits
+        # Merging W + BA into one matrix changes only float rounding (logits are O(10)).
+        torch.testing.assert_close(merged_logits, adapted, rtol=1e-3, atol=1e-3)
         flatten_hf.save_compressed(merged, tmp_path / "merged", tokenizer)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
-        torch.testing.assert_close(reloaded(input_ids=batch[:1]).logits, adapted, rtol=1e-4, atol=1e-4)
+        assert torch.equal(reloaded(input_ids=batch[:1]).logits, merged_logits)
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["flatten"]["method"] == "flattengpt"
 
 
