@@ -110,7 +110,8 @@ def plot_quality(rows: list[Row], path: Path) -> None:
                        title="Zero-shot average, 5 tasks (higher is better)")
     for ax in axes[0]:
         ax.grid(alpha=0.3)
-        ax.legend()
+        if methods:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
