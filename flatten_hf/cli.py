@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None,
                     help="score only the first N documents per task: quick runs only, say so next to the numbers")
     ev.add_argument("--seq-len", type=int, default=None, help="perplexity window (default 2048, or the model's maximum)")
+    ev.add_argument("--max-windows", type=int, default=None,
+                    help="perplexity on the first N windows only: quick runs, say so next to the numbers")
     ev.add_argument("--source", default="wikipedia", help="perplexity text, as --calib-source of `compress`")
     ev.add_argument("--task-source", default="offline", choices=["offline", "hub"],
                     help="offline task files (default) or lm-eval's stock Hub datasets (needs network)")
@@ -339,9 +341,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         model, tokenizer = load_model(name, args.dtype, args.device)
         results.append(evaluate(model, tokenizer, name=name or "smollm2-135m", ppl=ppl, tasks=tasks, limit=args.limit,
                                 seq_len=args.seq_len, source=args.source, batch_size=args.batch_size,
-                                task_source=args.task_source))
+                                task_source=args.task_source, max_windows=args.max_windows))
         del model
-    settings = {"perplexity": f"{args.source} evaluation part, seq_len {results[0].perplexity_seq_len}" if ppl else "off",
+    windows = f", first {args.max_windows} windows" if args.max_windows else ""
+    settings = {"perplexity": f"{args.source} evaluation part, seq_len {results[0].perplexity_seq_len}{windows}"
+                if ppl else "off",
                 "tasks": ",".join(tasks) or "none", "limit": args.limit or "none (full tasks)"}
     print(", ".join(f"{k}: {v}" for k, v in settings.items()))
     print(quality_table([Row(r, *label_of(r)) for r in results]))

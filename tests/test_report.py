@@ -52,7 +52,8 @@ def eval_json(tmp_path):
     def result(name, layers, ppl, avg, plan):
         tasks = [TaskScore(t, avg - 0.01, 0.01, avg if t != "winogrande" else None, 0.01 if t != "winogrande" else None, 50)
                  for t in TASKS]
-        return EvalResult(name, layers, 1000 * layers, ppl, 2048, "wikipedia", tasks, avg, 0.005, 50, 1.0, plan).to_dict()
+        return EvalResult(name, layers, 1000 * layers, ppl, 2048, "wikipedia", None, tasks, avg, 0.005, 50, 1.0,
+                          plan).to_dict()
 
     def plan(method, groups, n=6):
         return {"method": method, "source_num_hidden_layers": n, "merge_plan": groups,
