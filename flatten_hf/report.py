@@ -101,8 +101,10 @@ def plot_quality(rows: list[Row], path: Path) -> None:
         points = sorted(([dense] if dense else []) + [r for r in rows if r.method == method], key=lambda r: r.ratio)
         ratios = [r.ratio for r in points]
         axes[0][0].plot(ratios, [r.result.perplexity for r in points], marker="o", label=method)
-        if has_tasks:
-            axes[0][1].plot(ratios, [100 * r.result.zero_shot_average for r in points], marker="o", label=method)
+        if has_tasks:  # with +-1 stderr bars: small models sit close to chance on some tasks
+            axes[0][1].errorbar(ratios, [100 * r.result.zero_shot_average for r in points],
+                                yerr=[100 * r.result.zero_shot_average_stderr for r in points], marker="o", capsize=3,
+                                label=method)
     axes[0][0].set(xlabel="compression ratio (fraction of layers removed)", ylabel="perplexity (log scale)",
                    yscale="log", title="Perplexity (lower is better)")
     if has_tasks:
