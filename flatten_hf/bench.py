@@ -75,6 +75,15 @@ def _timing(fn, repeats: int, device: torch.device) -> Timing:
     return Timing(statistics.median(times), min(times), max(times), repeats)
 
 
+@torch.no_grad()
+def measure_prefill_ms(model, seq_len: int, repeats: int = 5, generator: torch.Generator | None = None) -> Timing:
+    """Batch-1 prefill latency in ms over `seq_len` random tokens (warm-up, then `repeats` timed passes)."""
+    dev = next(model.parameters()).device
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    ids = torch.randint(100, 1000, (1, seq_len), generator=gen).to(dev)
+    return _scaled(_timing(lambda: model(ids, use_cache=False), repeats, dev), 1000)
+
+
 def prefill_flops(config, seq_len: int) -> float:
     """FLOPs of one batch-1 prefill: 2 per weight per token for every linear layer (lm_head included)
     plus the causal attention scores and weighted sums (2 x 2 x head_dim x seq_len^2 / 2 per head)."""
@@ -109,8 +118,7 @@ def measure_speed(model_name: str, repeats: int = 5, device: str | None = None, 
                          file_bytes=folder_bytes(resolve_model_path(model_name)), device=str(dev),
                          threads=torch.get_num_threads())
     for seq_len in seq_lens:
-        ids = torch.randint(100, 1000, (1, seq_len), generator=gen).to(dev)
-        result.prefill_ms[str(seq_len)] = _scaled(_timing(lambda: model(ids, use_cache=False), repeats, dev), 1000)
+        result.prefill_ms[str(seq_len)] = measure_prefill_ms(model, seq_len, repeats, gen)
         result.prefill_gflops[str(seq_len)] = prefill_flops(model.config, seq_len) / 1e9
     for batch in batches:
         ids = torch.randint(100, 1000, (batch, PROMPT_LEN), generator=gen).to(dev)

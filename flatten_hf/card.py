@@ -25,7 +25,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors import safe_open
 
 from .architecture import head_dim_of
-from .checkpoint import ASSET_HUB_IDS
+from .checkpoint import ASSET_HUB_IDS, asset_name_of
 from .plan import MergePlan
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def reproduce_command(plan: MergePlan, config, out: str) -> str:
     from .cli import METHOD_OPTIONS
     from .compression import METHODS
 
-    asset = {hub: name for name, hub in ASSET_HUB_IDS.items()}.get(plan.base_model, plan.base_model)
+    asset = asset_name_of(plan.base_model)
     params = plan.method_params
     calib = params.get("calibration", {})
     removed = plan.source_num_hidden_layers - len(plan.layers)

@@ -28,6 +28,11 @@ ASSET_HUB_IDS = {
 }
 
 
+def asset_name_of(model_id: str) -> str:
+    """The offline asset name of an upstream Hub id (e.g. for commands that rebuild a checkpoint), else the id."""
+    return {hub: name for name, hub in ASSET_HUB_IDS.items()}.get(model_id, model_id)
+
+
 def resolve_model_path(model: str | None) -> str:
     """Map an asset name (or None, the embedded default) to its cache directory; pass anything else through."""
     name = model or DEFAULT_MODEL_ASSET

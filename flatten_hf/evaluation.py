@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,8 +20,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from .bench import measure_prefill_ms
 from .card import EVAL_RESULTS_FILE
-from .checkpoint import ASSET_HUB_IDS, load_model
+from .checkpoint import asset_name_of, load_model
 from .data import evaluation_ids
 from .perplexity import perplexity
 from .zeroshot import TASKS, TaskScore, average, zero_shot
@@ -98,24 +98,6 @@ def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bo
     return result
 
 
-@torch.no_grad()
-def prefill_latency_ms(model: PreTrainedModel, seq_len: int = 512, repeats: int = 5) -> float:
-    """Median wall time of one batch-1 forward pass over `seq_len` tokens, after one warm-up pass."""
-    device = next(model.parameters()).device
-    ids = torch.randint(100, 1000, (1, seq_len), generator=torch.Generator().manual_seed(0)).to(device)
-    times = []
-    for i in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(ids, use_cache=False)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i:  # the first pass is the warm-up
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
-
-
 def measure_against_base(folder: str | os.PathLike, base_model: str | None = None, source: str = "wikipedia",
                          seq_len: int = 512, max_windows: int | None = 32) -> dict:
     """Perplexity and prefill latency of the checkpoint in `folder` and of its base model; saved to
@@ -132,8 +114,7 @@ def measure_against_base(folder: str | os.PathLike, base_model: str | None = Non
     folder = Path(folder)
     compressed, tokenizer = load_model(str(folder))
     plan = compressed.config.flatten
-    base_name = base_model or {hub: name for name, hub in ASSET_HUB_IDS.items()}.get(plan["base_model"],
-                                                                                     plan["base_model"])
+    base_name = base_model or asset_name_of(plan["base_model"])
     ids = evaluation_ids(tokenizer, source)
     rows = []
     for role, name in (("base", base_name), ("compressed", str(folder))):
@@ -145,7 +126,7 @@ def measure_against_base(folder: str | os.PathLike, base_model: str | None = Non
             "layers": model.config.num_hidden_layers,
             "parameters": sum(p.numel() for p in model.parameters()),
             "metrics": {"perplexity": perplexity(model, ids, seq_len, max_windows=max_windows),
-                        "prefill_ms": prefill_latency_ms(model, seq_len)},
+                        "prefill_ms": measure_prefill_ms(model, seq_len).median},
         })
     dataset_type, dataset_name, split = EVAL_DATASETS.get(source, (source, source, "test"))
     windows = f"first {max_windows} windows" if max_windows else "all windows"
