@@ -9,6 +9,7 @@ from .checkpoint import load_model, save_compressed
 from .compression import CalibrationConfig, compress
 from .evaluation import EvalResult, evaluate
 from .hub import push_to_hub
+from .methods.come import CoMeConfig
 from .methods.flattengpt import FlattenGPTConfig
 from .methods.shortgpt import ShortGPTConfig
 from .modeling import (
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationConfig",
+    "CoMeConfig",
     "EvalResult",
     "FlattenConfig",
     "FlattenGPTConfig",

@@ -59,6 +59,16 @@ METHOD_INFO: dict[str, MethodInfo] = {
         "You Expect},\n  author  = {Men, Xin and Xu, Mingyu and Zhang, Qingyu and Wang, Bingning and Lin, Hongyu and "
         "Lu, Yaojie and Han, Xianpei and Chen, Weipeng},\n  journal = {arXiv preprint arXiv:2403.03853},\n"
         "  year    = {2024}\n}"),
+    "come": MethodInfo(
+        "CoMe", "[arXiv:2510.15304](https://arxiv.org/abs/2510.15304)",
+        "Adjacent layers were merged progressively, one pair per step on the current model (the pair whose last-token "
+        "hidden states change least across it): each member kept its most sensitive key/value groups (with exactly "
+        "their own query heads) and MLP channels (mean |activation| times the L1 norm of the output-projection "
+        "column), in proportion to its Block Influence, concatenated into one layer of the original width.",
+        "@inproceedings{wang2025come,\n  title     = {Layer as Puzzle Pieces: Compressing Large Language Models "
+        "through Layer Concatenation},\n  author    = {Wang, Fei and Shen, Li and Ding, Liang and Xue, Chao and Liu, "
+        "Ye and Ding, Changxing},\n  booktitle = {Advances in Neural Information Processing Systems},\n"
+        "  year      = {2025}\n}"),
 }
 
 # Hub ids of the datasets behind each calibration source, for the card's `datasets` metadata.
@@ -132,8 +142,8 @@ def reproduce_command(plan: MergePlan, config, out: str) -> str:
     removed = plan.source_num_hidden_layers - len(plan.layers)
     parts = ["flatten-hf compress", asset, f"--method {plan.method}", f"--num-layers {removed}"]
     defaults = METHODS[plan.method].config_class() if plan.method in METHODS else None
-    for key, flag in METHOD_OPTIONS.items():
-        if key not in params or defaults is None or params[key] == getattr(defaults, key, params[key]):
+    for key, (flag, method) in METHOD_OPTIONS.items():
+        if method != plan.method or key not in params or defaults is None or params[key] == getattr(defaults, key):
             continue
         parts.append(flag if isinstance(params[key], bool) else f"{flag} {params[key]}")
     if calib:

@@ -22,6 +22,7 @@ examples:
   flatten-hf assets fetch                      # SmolLM2-135M + Wikipedia passages + zero-shot data
   flatten-hf compress --method flattengpt --ratio 0.2 --out out/smollm2-flattengpt
   flatten-hf compress --method shortgpt --ratio 0.2 --out out/smollm2-shortgpt
+  flatten-hf compress --method come --ratio 0.2 --out out/smollm2-come
   flatten-hf ppl smollm2-135m out/smollm2-flattengpt out/smollm2-shortgpt
   flatten-hf info out/smollm2-flattengpt
   flatten-hf card out/smollm2-flattengpt --measure  # add measured quality and speed to the model card
@@ -109,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="most original layers flattened into one block (default: no limit)")
     fg.add_argument("--similarity-tokens", type=int,
                     help="calibration tokens used for the layer similarities and the global ranking (default 8192)")
+    cm = comp.add_argument_group("CoMe options (--method come)", argument_default=argparse.SUPPRESS)
+    cm.add_argument("--norms", choices=["fold", "average"],
+                    help="fold each merged layer's RMSNorm weights into its projections before concatenating "
+                         "(fold, default: exact) or average the members' norm weights (average, as in CoMe)")
+    cm.add_argument("--pair-score", choices=["angular", "bi"],
+                    help="choose the adjacent pair to merge by the angular distance of last-token hidden states "
+                         "across it (angular, default, as in CoMe) or by its Block Influence over all tokens (bi)")
     _add_model_args(comp)
     _add_calibration_args(comp)
 
@@ -245,17 +253,23 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-METHOD_OPTIONS = {"similarity": "--similarity", "width_policy": "--width-policy", "prune": "--no-prune",
-                  "attn_compensation": "--no-attn-compensation", "target": "--target", "ridge_factor": "--ridge-factor",
-                  "max_group_size": "--max-group-size", "similarity_tokens": "--similarity-tokens"}
+# option -> (flag, method): method options reach only the method that takes them.
+METHOD_OPTIONS = {
+    "similarity": ("--similarity", "flattengpt"), "width_policy": ("--width-policy", "flattengpt"),
+    "prune": ("--no-prune", "flattengpt"), "attn_compensation": ("--no-attn-compensation", "flattengpt"),
+    "target": ("--target", "flattengpt"), "ridge_factor": ("--ridge-factor", "flattengpt"),
+    "max_group_size": ("--max-group-size", "flattengpt"), "similarity_tokens": ("--similarity-tokens", "flattengpt"),
+    "norms": ("--norms", "come"), "pair_score": ("--pair-score", "come"),
+}
 
 
 def _method_options(args: argparse.Namespace) -> dict:
     """The method-specific flags the user gave, refusing ones that the chosen method does not take."""
     given = {k: getattr(args, k) for k in METHOD_OPTIONS if hasattr(args, k)}
-    if given and args.method != "flattengpt":
-        flags = ", ".join(METHOD_OPTIONS[k] for k in given)
-        raise ValueError(f"{flags} only apply to --method flattengpt.")
+    foreign = [METHOD_OPTIONS[k] for k in given if METHOD_OPTIONS[k][1] != args.method]
+    if foreign:
+        flags = ", ".join(f"{flag} (--method {method})" for flag, method in foreign)
+        raise ValueError(f"{flags} do not apply to --method {args.method}.")
     return given
 
 

@@ -15,6 +15,7 @@ from .architecture import architecture_of
 from .assemble import assemble
 from .calibration import LayerwiseRunner
 from .data import calibration_ids as make_calibration_ids
+from .methods.come import CoMeConfig, come
 from .methods.flattengpt import FlattenGPTConfig, flattengpt
 from .methods.shortgpt import ShortGPTConfig, shortgpt
 
@@ -49,6 +50,7 @@ class Method:
 
 
 METHODS: dict[str, Method] = {
+    "come": Method(CoMeConfig, come),
     "flattengpt": Method(FlattenGPTConfig, flattengpt),
     "shortgpt": Method(ShortGPTConfig, shortgpt),
 }
@@ -83,7 +85,7 @@ def compress(
 
     Args:
         model: the dense (or already compressed) model; it is not modified.
-        method: 'shortgpt' or a method config such as `ShortGPTConfig(ratio=0.2)`.
+        method: 'shortgpt', 'flattengpt', 'come', or a method config such as `ShortGPTConfig(ratio=0.2)`.
         tokenizer: used to tokenize the calibration text (not needed with `calibration_ids`).
         calibration: calibration text settings, see `CalibrationConfig`.
         calibration_ids: ready `[N, L]` token ids, overriding `calibration`'s text settings.

@@ -18,3 +18,17 @@ def mean_token_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def block_influence(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:
     """ShortGPT's Block Influence, BI = 1 - E_t[cos(x_in, x_out)]: how much a block turns the residual stream."""
     return 1.0 - mean_token_cosine(inputs, outputs)
+
+
+def last_token_angular_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Mean over sequences of arccos(cos(a_T, b_T)) / pi at the last token T (Gromov et al., 2403.17887).
+
+    The last token has seen the whole sequence, so it summarises what a span of layers does to it;
+    CoMe scores a candidate pair of layers by this distance between the pair's input and output.
+    """
+    total, count = 0.0, 0
+    for x, y in zip(a, b):
+        cos = torch.nn.functional.cosine_similarity(x[:, -1].float(), y[:, -1].float(), dim=-1)
+        total += (torch.arccos(cos.clamp(-1.0, 1.0)) / torch.pi).sum().item()
+        count += cos.numel()
+    return total / count

@@ -36,5 +36,5 @@ def test_method_options_are_refused_for_other_methods(tmp_path, capsys):
     code = main(["compress", "--method", "shortgpt", "--ratio", "0.2", "--width-policy", "global", "--out",
                  str(tmp_path / "out")])
     assert code == 2
-    assert "--width-policy only apply to --method flattengpt" in capsys.readouterr().err
+    assert "--width-policy (--method flattengpt) do not apply to --method shortgpt" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -19,7 +19,7 @@ from ..calibration import LayerwiseRunner, layer_type_of
 from ..ops.channel_selection import ridge_leverage_scores, top_k
 from ..ops.compensation import least_squares_refit, ridge_lambda
 from ..ops.folding import fold_norms
-from ..ops.head_selection import select_kv_groups
+from ..ops.head_selection import query_heads, select_kv_groups
 from ..ops.layer_weights import LayerState, concat, select
 from ..plan import SourceSlice
 
@@ -166,7 +166,7 @@ class GroupFlattener:
             kv = [g - j * self.kv_heads for g in kv_groups if j * self.kv_heads <= g < (j + 1) * self.kv_heads]
             ch = [c - j * self.channels for c in channels if j * self.channels <= c < (j + 1) * self.channels]
             if kv or ch:
-                q = [g * self.n_rep + r for g in kv for r in range(self.n_rep)]
+                q = query_heads(kv, self.n_rep)
                 sources.append(SourceSlice(layer, q, kv, ch))
         return sources
 
@@ -185,7 +185,7 @@ class GroupFlattener:
         lam_a = ridge_lambda(gram_a, opts.ridge_factor)
         kv_groups, w_o_new, attn_err = select_kv_groups(gram_a, cross_a, tsq_a, w_o, self.n_rep, self.head_dim,
                                                         keep_kv, lam_a, opts.attn_compensation)
-        q_heads = [g * self.n_rep + r for g in kv_groups for r in range(self.n_rep)]
+        q_heads = query_heads(kv_groups, self.n_rep)
         all_channels = list(range(len(self.group) * self.channels))
         attn_state = select(self.wide_state, q_heads, kv_groups, all_channels, self.head_dim)
         attn_state["self_attn.o_proj.weight"] = w_o_new.T.to(w_o.dtype).contiguous()

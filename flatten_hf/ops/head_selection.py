@@ -21,6 +21,16 @@ import torch
 from .compensation import least_squares_refit, residual_error
 
 
+def query_heads(kv_heads: list[int], n_rep: int) -> list[int]:
+    """The query heads that attend with the given key/value heads, group by group.
+
+    Under GQA query head h reads key/value head h // n_rep (`repeat_kv`), so key/value head g owns the
+    *contiguous* query heads g*n_rep ... g*n_rep + n_rep - 1. (Tiling a key/value mask n_rep times
+    instead, as CoMe's released code does, pairs queries with the wrong keys.)
+    """
+    return [g * n_rep + r for g in kv_heads for r in range(n_rep)]
+
+
 def group_columns(groups: list[int] | torch.Tensor, n_rep: int, head_dim: int) -> torch.Tensor:
     """Indices of the o_proj input columns (= q_proj output rows) that belong to the given kv groups."""
     groups = torch.as_tensor(groups, dtype=torch.long)

@@ -66,13 +66,24 @@ def concat(states: list[LayerState]) -> LayerState:
         for norm in NORMS:
             if not torch.all(s[norm] == 1):
                 raise ValueError(f"concat needs norm-folded layers ({norm} must be all ones); call fold_norms first.")
+    return _concat(states, [1.0] * len(states), norm=lambda tensors: tensors[0].clone())
+
+
+def concat_averaged_norms(states: list[LayerState], shares: list[float]) -> LayerState:
+    """CoMe's concatenation of layers whose norms were *not* folded: each norm weight becomes the mean
+    of the members' (an approximation: a member whose norm differs from the mean sees a rescaled
+    input), and output biases are weighted by the members' shares."""
+    return _concat(states, shares, norm=lambda tensors: torch.stack(tensors).float().mean(0).to(tensors[0].dtype))
+
+
+def _concat(states: list[LayerState], bias_weights: list[float], norm) -> LayerState:
     out: LayerState = {}
     for name in states[0]:
         tensors = [s[name] for s in states]
         if name in INDEXED_PARAMS:
             out[name] = torch.cat(tensors, dim=INDEXED_PARAMS[name][1])
         elif name in OUTPUT_BIASES:
-            out[name] = torch.stack(tensors).sum(0)
+            out[name] = sum(w * t for w, t in zip(bias_weights, tensors))
         else:
-            out[name] = tensors[0].clone()
+            out[name] = norm(tensors)
     return out
