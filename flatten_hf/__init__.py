@@ -23,6 +23,7 @@ from .modeling import (
 )
 from .perplexity import perplexity
 from .plan import MergePlan, SourceSlice
+from .recovery import RecoveryConfig, recover
 from .registration import register_auto_classes
 
 register_auto_classes()
@@ -42,6 +43,7 @@ __all__ = [
     "FlattenedQwen2ForCausalLM",
     "FlattenedQwen2Model",
     "MergePlan",
+    "RecoveryConfig",
     "ShortGPTConfig",
     "SourceSlice",
     "compress",
@@ -49,6 +51,7 @@ __all__ = [
     "load_model",
     "perplexity",
     "push_to_hub",
+    "recover",
     "render_card",
     "save_compressed",
     "write_card",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -152,8 +152,32 @@ def reproduce_command(plan: MergePlan, config, out: str) -> str:
     uniform = not hasattr(config, "num_attention_heads_per_layer") or config.is_uniform
     if uniform and config.model_type.startswith("flatten_"):
         parts.append("--flattened-classes")
-    parts.append(f"--out {out}")
-    return " ".join(parts)
+    rec = params.get("recovery")
+    if not rec:
+        parts.append(f"--out {out}")
+        return " ".join(parts)
+    parts.append(f"--out {out}-compressed")
+    from .recovery import RecoveryConfig
+
+    defaults = {k: v for k, v in asdict(RecoveryConfig()).items() if k != "save_steps"}
+    flags = {"learning_rate": "--lr"}
+    recover = [f"flatten-hf recover {out}-compressed"] + [
+        f"{flags.get(k, '--' + k.replace('_', '-'))} {rec[k]}" for k, v in defaults.items() if rec.get(k, v) != v]
+    return " ".join(parts) + "\n" + " ".join(recover + [f"--out {out}"])
+
+
+def recovery_summary(plan: MergePlan) -> str | None:
+    """One line on the distillation that followed compression, if any (see `flatten_hf.recovery`)."""
+    rec = plan.method_params.get("recovery")
+    if not rec:
+        return None
+    how = f"LoRA (r={rec['lora_r']}, alpha={rec['lora_alpha']}) merged into the weights" if rec["train"] == "lora" \
+        else "full updates"
+    return (f"hierarchical distillation from the base model (each new layer matched to the base model's hidden "
+            f"state after the last original layer it replaces, plus KL on the logits): {rec['steps']} steps of "
+            f"{rec['batch_size']} x {rec['seq_len']} tokens ({rec['tokens']:,} tokens of "
+            f"{CALIBRATION_SHORT.get(rec['source'], rec['source'])}, calibration part), {how}, learning rate "
+            f"{rec['learning_rate']:g}, layers {rec['trained_layers']}; loss {rec['first_loss']} -> {rec['last_loss']}")
 
 
 def _plan_rows(plan: MergePlan) -> list[dict[str, Any]]:
@@ -274,6 +298,7 @@ def card_variables(folder: str | Path, repo_id: str | None = None,
         "needs_remote_code": needs_remote_code,
         "plan_rows": _plan_rows(plan),
         "command": reproduce_command(plan, config, f"out/{model_name}"),
+        "recovery": recovery_summary(plan),
         "eval_headers": eval_headers,
         "eval_rows": eval_rows,
         "eval_protocol": protocol,

@@ -23,6 +23,7 @@ examples:
   flatten-hf compress --method flattengpt --ratio 0.2 --out out/smollm2-flattengpt
   flatten-hf compress --method shortgpt --ratio 0.2 --out out/smollm2-shortgpt
   flatten-hf compress --method come --ratio 0.2 --out out/smollm2-come
+  flatten-hf recover out/smollm2-flattengpt --out out/smollm2-flattengpt-recovered  # distil the base model back in
   flatten-hf ppl smollm2-135m out/smollm2-flattengpt out/smollm2-shortgpt
   flatten-hf info out/smollm2-flattengpt
   flatten-hf card out/smollm2-flattengpt --measure  # add measured quality and speed to the model card
@@ -119,6 +120,44 @@ def build_parser() -> argparse.ArgumentParser:
                          "across it (angular, default, as in CoMe) or by its Block Influence over all tokens (bi)")
     _add_model_args(comp)
     _add_calibration_args(comp)
+
+    rec = sub.add_parser(
+        "recover", help="recover a compressed model's quality by distilling its base model into it",
+        description="Hierarchical distillation along the merge plan: after each new layer, the compressed model "
+                    "learns to match the base model's hidden state after the last original layer that the new layer "
+                    "replaces, plus the base model's next-token distribution (KL). Only the layers the plan changed "
+                    "train, through LoRA adapters (rank 8, lr 1e-4 by default) that are merged into the weights on "
+                    "save: the result is again a plain checkpoint with the same plan. Interrupted runs resume from "
+                    "the state directory.",
+        epilog="example:\n  flatten-hf recover out/smollm2-flattengpt --steps 200 --out out/smollm2-flattengpt-recovered",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rec.add_argument("model", help="a checkpoint compressed by flatten-hf (its config.json holds the merge plan)")
+    rec.add_argument("--out", required=True, help="output directory (written atomically)")
+    rec.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    rec.add_argument("--teacher", default=None,
+                     help="the base model to distil from (default: the plan's base model, e.g. smollm2-135m)")
+    rec.add_argument("--state-dir", default=None,
+                     help="resumable training state (default: OUT.recovery-state next to --out); removed when done")
+    rg = rec.add_argument_group("training")
+    rg.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
+    rg.add_argument("--batch-size", type=int, default=4, help="sequences per step (default 4)")
+    rg.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    rg.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, constant (default 1e-4)")
+    rg.add_argument("--train", choices=["lora", "full"], default="lora",
+                    help="LoRA adapters merged on save (lora, default) or the layers' own weights (full)")
+    rg.add_argument("--layers", choices=["changed", "all"], default="changed",
+                    help="train the layers the plan changed and those after removed layers (changed, default), or all")
+    rg.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    rg.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
+    rg.add_argument("--hidden-weight", type=float, default=1.0, help="weight of the hidden-state loss (default 1)")
+    rg.add_argument("--kl-weight", type=float, default=1.0, help="weight of the logits' KL divergence (default 1)")
+    rg.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the KL term (default 1)")
+    rg.add_argument("--source", default="wikipedia",
+                    help="training text: its calibration part, never the evaluation text (default wikipedia)")
+    rg.add_argument("--seed", type=int, default=0, help="seed of the text sampling and LoRA initialisation (default 0)")
+    rg.add_argument("--save-steps", type=int, default=50, help="write the resumable state every N steps (default 50)")
+    rec.add_argument("--no-card", dest="card", action="store_false", help="do not write a model card into --out")
+    _add_model_args(rec)
 
     ppl = sub.add_parser(
         "ppl", help="perplexity on the evaluation text",
@@ -254,6 +293,30 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 # option -> (flag, method): method options reach only the method that takes them.
+def _cmd_recover(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from .checkpoint import asset_name_of, check_output_dir, load_model, save_compressed
+    from .recovery import RecoveryConfig, plan_of, recover
+
+    out = check_output_dir(args.out, args.overwrite)
+    config = RecoveryConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                            learning_rate=args.lr, train=args.train, layers=args.layers, lora_r=args.lora_r,
+                            lora_alpha=args.lora_alpha, hidden_weight=args.hidden_weight, kl_weight=args.kl_weight,
+                            temperature=args.temperature, source=args.source, seed=args.seed, save_steps=args.save_steps)
+    student, tokenizer = load_model(args.model, args.dtype, args.device)
+    teacher, _ = load_model(args.teacher or asset_name_of(plan_of(student).base_model), args.dtype, args.device)
+    state_dir = Path(args.state_dir) if args.state_dir else out.parent / f"{out.name}.recovery-state"
+    recovered = recover(student, teacher, tokenizer=tokenizer, config=config, state_dir=state_dir)
+    saved = save_compressed(recovered, out, tokenizer, overwrite=args.overwrite, card=args.card)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    record = recovered.config.flatten["method_params"]["recovery"]
+    print(f"recovered {args.model}: {record['steps']} steps, {record['tokens']} tokens, layers {record['trained_layers']}, "
+          f"loss {record['first_loss']} -> {record['last_loss']}, {record['seconds']} s; saved to {saved}")
+    return 0
+
+
 METHOD_OPTIONS = {
     "similarity": ("--similarity", "flattengpt"), "width_policy": ("--width-policy", "flattengpt"),
     "prune": ("--no-prune", "flattengpt"), "attn_compensation": ("--no-attn-compensation", "flattengpt"),
@@ -400,7 +463,7 @@ def _write_json(path: str, data: dict) -> None:
     Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
 
-COMMANDS = {"assets": _cmd_assets, "compress": _cmd_compress, "ppl": _cmd_ppl, "info": _cmd_info,
+COMMANDS = {"assets": _cmd_assets, "compress": _cmd_compress, "recover": _cmd_recover, "ppl": _cmd_ppl, "info": _cmd_info,
             "eval": _cmd_eval, "bench": _cmd_bench, "report": _cmd_report, "card": _cmd_card, "push": _cmd_push}
 
 
