@@ -8,6 +8,10 @@ latency (batch 1) of the compressed model.
 Example (the README table):
     python benchmarks/depth_compression.py --model smollm2-135m --methods shortgpt --ratios 0.1 0.2 0.3
 
+With --recover-steps N every compressed model is also recovered (`flatten_hf.recover`: hierarchical
+distillation from the dense model, LoRA r=8, lr 1e-4, N steps of --recover-batch x --recover-seq-len
+tokens of the calibration text) and measured again: the "+recovery" columns.
+
 A method variant is written `name:key=value,key=value`, e.g. `flattengpt:width_policy=global`;
 append `@RATIO` to run it at that ratio only, e.g. `flattengpt:similarity=iterative@0.2`.
 """
@@ -73,10 +77,17 @@ def run_one(spec: str, ratio: float, args: argparse.Namespace, queue: mp.Queue) 
                                      base_model=base_model_id(args.model), **kwargs)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    del model
-    queue.put({"method": spec, "ratio": ratio, "layers": compressed.config.num_hidden_layers,
-               "params": params_of(compressed), "ppl": evaluate(compressed, tokenizer, args),
-               "compress_s": seconds, "peak_rss_mb": peak, "prefill_ms": prefill_ms(compressed)})
+    row = {"method": spec, "ratio": ratio, "layers": compressed.config.num_hidden_layers,
+           "params": params_of(compressed), "ppl": evaluate(compressed, tokenizer, args),
+           "compress_s": seconds, "peak_rss_mb": peak, "prefill_ms": prefill_ms(compressed)}
+    if args.recover_steps:
+        config = flatten_hf.RecoveryConfig(steps=args.recover_steps, batch_size=args.recover_batch,
+                                           seq_len=args.recover_seq_len, source=args.source)
+        start = time.perf_counter()
+        recovered = flatten_hf.recover(compressed, model, tokenizer=tokenizer, config=config)
+        row.update(recover_s=time.perf_counter() - start, ppl_recovered=evaluate(recovered, tokenizer, args),
+                   recover_tokens=config.steps * config.batch_size * config.seq_len)
+    queue.put(row)
 
 
 def run_dense(args: argparse.Namespace, queue: mp.Queue) -> None:
@@ -114,13 +125,17 @@ def print_table(rows: list[dict], args: dict) -> None:
     print(f"\n{args['model']}: perplexity on {args['source']} evaluation text (seq_len {args['eval_seq_len']}, {windows}); "
           f"calibration {args['calib_samples']} x {args['calib_seq_len']} tokens; {args['threads']} CPU threads, "
           f"{args['dtype']}\n")
-    print("| method | ratio | layers | params (M) | ppl | ppl increase | compress (s) | x dense fwd | peak RSS (GB) | prefill 512 (ms) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    recovered = any("ppl_recovered" in r for r in rows)
+    extra = " ppl +recovery | recovery (s) |" if recovered else ""
+    print(f"| method | ratio | layers | params (M) | ppl | ppl increase | compress (s) | x dense fwd | peak RSS (GB) | "
+          f"prefill 512 (ms) |{extra}")
+    print("|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * recovered)
     for r in rows:
         increase = r["ppl"] - dense["ppl"]
+        cells = f" {r['ppl_recovered']:.2f} | {r['recover_s']:.0f} |" if "ppl_recovered" in r else " | |" * recovered
         print(f"| {r['method']} | {r['ratio']:.1f} | {r['layers']} | {r['params'] / 1e6:.1f} | {r['ppl']:.2f} | "
               f"{increase:+.2f} | {r['compress_s']:.1f} | {r['compress_s'] / dense['forward_s']:.2f} | "
-              f"{r['peak_rss_mb'] / 1024:.2f} | {r['prefill_ms']:.0f} |")
+              f"{r['peak_rss_mb'] / 1024:.2f} | {r['prefill_ms']:.0f} |{cells}")
 
 
 def main() -> None:
@@ -136,6 +151,9 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=None, help="limit the evaluation windows (default: all)")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--recover-steps", type=int, default=0, help="also recover every compressed model (0: off)")
+    p.add_argument("--recover-batch", type=int, default=4, help="sequences per recovery step (default 4)")
+    p.add_argument("--recover-seq-len", type=int, default=256, help="tokens per recovery sequence (default 256)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     p.add_argument("--render", default=None, metavar="JSON", help="print the table of a saved run and exit")
     args = p.parse_args()
