@@ -297,16 +297,19 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
-    from .checkpoint import asset_name_of, check_output_dir, load_model, save_compressed
+    from transformers import AutoConfig
+
+    from .checkpoint import asset_name_of, check_output_dir, load_model, resolve_model_path, save_compressed
     from .recovery import RecoveryConfig, plan_of, recover
 
     out = check_output_dir(args.out, args.overwrite)
+    plan = plan_of(AutoConfig.from_pretrained(resolve_model_path(args.model)))  # fail before loading anything
     config = RecoveryConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                             learning_rate=args.lr, train=args.train, layers=args.layers, lora_r=args.lora_r,
                             lora_alpha=args.lora_alpha, hidden_weight=args.hidden_weight, kl_weight=args.kl_weight,
                             temperature=args.temperature, source=args.source, seed=args.seed, save_steps=args.save_steps)
     student, tokenizer = load_model(args.model, args.dtype, args.device)
-    teacher, _ = load_model(args.teacher or asset_name_of(plan_of(student).base_model), args.dtype, args.device)
+    teacher, _ = load_model(args.teacher or asset_name_of(plan.base_model), args.dtype, args.device)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / f"{out.name}.recovery-state"
     recovered = recover(student, teacher, tokenizer=tokenizer, config=config, state_dir=state_dir)
     saved = save_compressed(recovered, out, tokenizer, overwrite=args.overwrite, card=args.card)

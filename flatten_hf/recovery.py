@@ -82,8 +82,9 @@ class RecoveryConfig:
             raise ValueError("steps and batch_size must be >= 1 and seq_len >= 2.")
 
 
-def plan_of(model: PreTrainedModel) -> MergePlan:
-    plan = getattr(model.config, "flatten", None)
+def plan_of(config) -> MergePlan:
+    """The merge plan of a compressed model's config, or a clear error for an uncompressed one."""
+    plan = getattr(config, "flatten", None)
     if not plan:
         raise ValueError("recover needs a model compressed by flatten-hf: its config has no merge plan "
                          "(config.flatten). Compress it first with `flatten-hf compress`.")
@@ -168,7 +169,7 @@ def recover(student: PreTrainedModel, teacher: PreTrainedModel, *, tokenizer=Non
         recovery (`config.flatten["method_params"]["recovery"]`).
     """
     config = config or RecoveryConfig()
-    plan = plan_of(student)
+    plan = plan_of(student.config)
     if teacher.config.num_hidden_layers != plan.source_num_hidden_layers:
         raise ValueError(f"The teacher has {teacher.config.num_hidden_layers} layers but the plan was made from a model "
                          f"with {plan.source_num_hidden_layers}; pass the plan's base model ({plan.base_model}).")

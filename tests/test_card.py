@@ -107,3 +107,27 @@ def test_no_card_flag_and_folder_without_plan(tmp_path, capsys):
     assert main(["card", str(tmp_path / "plain")]) == 2
     assert "has no merge plan" in capsys.readouterr().err
     assert not (tmp_path / "plain" / "README.md").exists()
+
+
+def test_recovered_come_checkpoint_card_describes_both_steps(tmp_path):
+    teacher = tiny_model("llama", num_hidden_layers=6)
+    ids = torch.randint(3, 90, (4 * 3, 16), generator=torch.Generator().manual_seed(0))
+    compressed = flatten_hf.compress(teacher, "come", calibration_ids=ids[:4], num_layers=2, norms="average",
+                                     base_model=BASE)
+    config = flatten_hf.RecoveryConfig(steps=3, batch_size=4, seq_len=16, learning_rate=2e-4, layers="all")
+    recovered = flatten_hf.recover(compressed, teacher, input_ids=ids, config=config)
+    out = tmp_path / "tiny-come-recovered"
+    flatten_hf.save_compressed(recovered, out)
+    text = (out / "README.md").read_text()
+    assert "**CoMe**" in text and "arXiv:2510.15304" in text and "`norms=average`" in text
+    assert "- **Recovery**: hierarchical distillation from the base model" in text
+    assert "3 steps of 4 x 16 tokens (192 tokens" in text
+    lines = text.splitlines()
+    compress_cmd = next(line for line in lines if line.startswith("flatten-hf compress"))
+    recover_cmd = next(line for line in lines if line.startswith("flatten-hf recover"))
+    args = build_parser().parse_args(shlex.split(compress_cmd)[1:])
+    assert args.method == "come" and args.norms == "average" and not hasattr(args, "pair_score")
+    rec = build_parser().parse_args(shlex.split(recover_cmd)[1:])
+    assert rec.model == args.out and rec.out == "out/tiny-come-recovered"
+    assert (rec.steps, rec.batch_size, rec.seq_len, rec.lr, rec.layers) == (3, 4, 16, 2e-4, "all")
+    assert (rec.train, rec.lora_r, rec.seed) == ("lora", 8, 0)  # defaults are left out of the command

@@ -38,3 +38,18 @@ def test_method_options_are_refused_for_other_methods(tmp_path, capsys):
     assert code == 2
     assert "--width-policy (--method flattengpt) do not apply to --method shortgpt" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_recover_refuses_a_model_without_plan_before_any_work(tmp_path, capsys):
+    tiny_model("llama").save_pretrained(tmp_path / "plain")
+    code = main(["recover", str(tmp_path / "plain"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "has no merge plan" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_come_options_are_refused_for_other_methods(tmp_path, capsys):
+    code = main(["compress", "--method", "flattengpt", "--ratio", "0.2", "--norms", "average", "--out",
+                 str(tmp_path / "out")])
+    assert code == 2
+    assert "--norms (--method come) do not apply to --method flattengpt" in capsys.readouterr().err

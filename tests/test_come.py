@@ -213,3 +213,20 @@ def test_bad_options_are_explained():
         CoMeConfig(ratio=0.2, norms="mean")
     with pytest.raises(ValueError, match="pair_score must be one of"):
         CoMeConfig(ratio=0.2, pair_score="cosine")
+
+
+@torch.no_grad()
+def test_a_member_that_writes_nothing_gets_no_share_and_the_merge_is_exact(arch):
+    """A layer with zero output projections has Block Influence 0, so its partner keeps every head and
+    channel: the merged model computes exactly what the dense one does."""
+    model = tiny_model(arch, num_hidden_layers=6)
+    model.model.layers[3].self_attn.o_proj.weight.zero_()
+    model.model.layers[3].mlp.down_proj.weight.zero_()
+    ids = torch.randint(3, 96, (4, 5))
+    for norms in ("fold", "average"):
+        merged = compress(model, CoMeConfig(num_layers=1, norms=norms), calibration_ids=ids)
+        merge = merged.config.flatten["method_params"]["merges"][0]
+        assert 3 in merge["layers"]
+        assert merge["shares"][merge["layers"].index(3)] == 0.0
+        if norms == "fold":  # averaged norms rescale the kept layer's input: only the folded merge is exact
+            torch.testing.assert_close(merged(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-4)

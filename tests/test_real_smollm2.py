@@ -78,3 +78,34 @@ def test_flattengpt_beats_shortgpt_at_ratio_0_2(smollm2, dense_ppl):
         assert count(compressed) == count(model) - 6 * count(model.model.layers[0])  # equal parameter count
         results[method] = flatten_hf.perplexity(compressed, evaluation, seq_len=512, max_windows=16)
     assert dense_ppl < results["flattengpt"] < results["shortgpt"], results
+
+
+def test_come_then_recover_cli_end_to_end(smollm2, dense_ppl, tmp_path):
+    """`compress --method come` then `recover` on the real weights: stock checkpoints, plans recorded,
+    the distillation lowers perplexity, and the resumable state is cleaned up."""
+    model, tokenizer = smollm2
+    come = tmp_path / "come"
+    assert main(["compress", "--method", "come", "--ratio", "0.1", "--out", str(come), *CALIB]) == 0
+    config = json.loads((come / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 27
+    merges = config["flatten"]["method_params"]["merges"]
+    assert len(merges) == 3 and all(len(m["layers"]) == 2 for m in merges)
+    assert all(sum(m["kv_heads"]) == 3 and sum(m["mlp_channels"]) == 1536 for m in merges)  # the original width
+    evaluation = evaluation_ids(tokenizer)
+    before = flatten_hf.perplexity(AutoModelForCausalLM.from_pretrained(come), evaluation, seq_len=512, max_windows=16)
+    assert dense_ppl < before < 3 * dense_ppl
+
+    recovered = tmp_path / "come-recovered"
+    assert main(["recover", str(come), "--out", str(recovered), "--steps", "40", "--batch-size", "2", "--seq-len",
+                 "256", "--lr", "1e-3", "--save-steps", "10"]) == 0
+    assert not (tmp_path / "come-recovered.recovery-state").exists()
+    plan = json.loads((recovered / "config.json").read_text())["flatten"]
+    record = plan["method_params"]["recovery"]
+    merged_layers = [k for k, group in enumerate(plan["merge_plan"]) if len(group) > 1]
+    assert record["trained_layers"] == merged_layers and record["tokens"] == 40 * 2 * 256
+    assert plan["merge_plan"] == config["flatten"]["merge_plan"]
+    assert "- **Recovery**: hierarchical distillation" in (recovered / "README.md").read_text()
+    reloaded = AutoModelForCausalLM.from_pretrained(recovered)
+    assert type(reloaded) is LlamaForCausalLM
+    after = flatten_hf.perplexity(reloaded, evaluation, seq_len=512, max_windows=16)
+    assert dense_ppl < after < before, (before, after)
