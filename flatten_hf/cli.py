@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="resumable training state (default: OUT.recovery-state next to --out); removed when done")
     rg = rec.add_argument_group("training")
     rg.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    rg.add_argument("--batch-size", type=int, default=4, help="sequences per step (default 4)")
-    rg.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    rg.add_argument("--batch-size", type=int, default=2, help="sequences per step (default 2)")
+    rg.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
     rg.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, constant (default 1e-4)")
     rg.add_argument("--train", choices=["lora", "full"], default="lora",
                     help="LoRA adapters merged on save (lora, default) or the layers' own weights (full)")

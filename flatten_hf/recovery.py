@@ -59,8 +59,8 @@ class RecoveryConfig:
     """
 
     steps: int = 200
-    batch_size: int = 4
-    seq_len: int = 256
+    batch_size: int = 2
+    seq_len: int = 128
     learning_rate: float = 1e-4
     train: str = "lora"
     layers: str = "changed"
