@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
@@ -76,3 +77,12 @@ def new_decoder_layer(config, layer_idx: int, num_heads: int, num_kv_heads: int,
     layer = architecture_of(config).decoder_layer_class(view, layer_idx)
     layer.self_attn.config = config
     return layer
+
+
+def loaded_decoder_layer(config, layer_idx: int, state: dict, num_heads: int, num_kv_heads: int,
+                         intermediate_size: int, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+    """`new_decoder_layer` with `state` loaded, on `device` in `dtype`, in eval mode: a candidate layer
+    that a method can run on its calibration activations."""
+    layer = new_decoder_layer(config, layer_idx, num_heads, num_kv_heads, intermediate_size)
+    layer.load_state_dict(state)
+    return layer.to(device, dtype).eval()

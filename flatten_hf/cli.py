@@ -53,6 +53,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .compression import METHODS
+    from .recovery import RecoveryConfig
 
     parser = argparse.ArgumentParser(
         prog="flatten-hf", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,24 +139,33 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the base model to distil from (default: the plan's base model, e.g. smollm2-135m)")
     rec.add_argument("--state-dir", default=None,
                      help="resumable training state (default: OUT.recovery-state next to --out); removed when done")
+    # The defaults come from RecoveryConfig, the one place that holds them; each dest is its field name.
+    d = RecoveryConfig()
     rg = rec.add_argument_group("training")
-    rg.add_argument("--steps", type=int, default=200, help="optimizer steps (default 200)")
-    rg.add_argument("--batch-size", type=int, default=2, help="sequences per step (default 2)")
-    rg.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
-    rg.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate, constant (default 1e-4)")
-    rg.add_argument("--train", choices=["lora", "full"], default="lora",
-                    help="LoRA adapters merged on save (lora, default) or the layers' own weights (full)")
-    rg.add_argument("--layers", choices=["changed", "all"], default="changed",
-                    help="train the layers the plan changed and those after removed layers (changed, default), or all")
-    rg.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
-    rg.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
-    rg.add_argument("--hidden-weight", type=float, default=1.0, help="weight of the hidden-state loss (default 1)")
-    rg.add_argument("--kl-weight", type=float, default=1.0, help="weight of the logits' KL divergence (default 1)")
-    rg.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of the KL term (default 1)")
-    rg.add_argument("--source", default="wikipedia",
-                    help="training text: its calibration part, never the evaluation text (default wikipedia)")
-    rg.add_argument("--seed", type=int, default=0, help="seed of the text sampling and LoRA initialisation (default 0)")
-    rg.add_argument("--save-steps", type=int, default=50, help="write the resumable state every N steps (default 50)")
+    rg.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    rg.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per step (default {d.batch_size})")
+    rg.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default {d.seq_len})")
+    rg.add_argument("--lr", dest="learning_rate", metavar="LR", type=float, default=d.learning_rate,
+                    help=f"AdamW learning rate, constant (default {d.learning_rate:g})")
+    rg.add_argument("--train", choices=["lora", "full"], default=d.train,
+                    help=f"LoRA adapters merged on save (lora) or the layers' own weights (full); default {d.train}")
+    rg.add_argument("--layers", choices=["changed", "all"], default=d.layers,
+                    help=f"train the layers the plan changed and those after removed layers (changed), or all; "
+                         f"default {d.layers}")
+    rg.add_argument("--lora-r", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
+    rg.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})")
+    rg.add_argument("--hidden-weight", type=float, default=d.hidden_weight,
+                    help=f"weight of the hidden-state loss (default {d.hidden_weight:g})")
+    rg.add_argument("--kl-weight", type=float, default=d.kl_weight,
+                    help=f"weight of the logits' KL divergence (default {d.kl_weight:g})")
+    rg.add_argument("--temperature", type=float, default=d.temperature,
+                    help=f"softmax temperature of the KL term (default {d.temperature:g})")
+    rg.add_argument("--source", default=d.source,
+                    help=f"training text: its calibration part, never the evaluation text (default {d.source})")
+    rg.add_argument("--seed", type=int, default=d.seed,
+                    help=f"seed of the text sampling and LoRA initialisation (default {d.seed})")
+    rg.add_argument("--save-steps", type=int, default=d.save_steps,
+                    help=f"write the resumable state every N steps (default {d.save_steps})")
     rec.add_argument("--no-card", dest="card", action="store_false", help="do not write a model card into --out")
     _add_model_args(rec)
 
@@ -295,6 +305,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 # option -> (flag, method): method options reach only the method that takes them.
 def _cmd_recover(args: argparse.Namespace) -> int:
     import shutil
+    from dataclasses import fields
     from pathlib import Path
 
     from transformers import AutoConfig
@@ -304,10 +315,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
     out = check_output_dir(args.out, args.overwrite)
     plan = plan_of(AutoConfig.from_pretrained(resolve_model_path(args.model)))  # fail before loading anything
-    config = RecoveryConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                            learning_rate=args.lr, train=args.train, layers=args.layers, lora_r=args.lora_r,
-                            lora_alpha=args.lora_alpha, hidden_weight=args.hidden_weight, kl_weight=args.kl_weight,
-                            temperature=args.temperature, source=args.source, seed=args.seed, save_steps=args.save_steps)
+    config = RecoveryConfig(**{f.name: getattr(args, f.name) for f in fields(RecoveryConfig)})
     student, tokenizer = load_model(args.model, args.dtype, args.device)
     teacher, _ = load_model(args.teacher or asset_name_of(plan.base_model), args.dtype, args.device)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / f"{out.name}.recovery-state"

@@ -129,5 +129,5 @@ def test_recovered_come_checkpoint_card_describes_both_steps(tmp_path):
     assert args.method == "come" and args.norms == "average" and not hasattr(args, "pair_score")
     rec = build_parser().parse_args(shlex.split(recover_cmd)[1:])
     assert rec.model == args.out and rec.out == "out/tiny-come-recovered"
-    assert (rec.steps, rec.batch_size, rec.seq_len, rec.lr, rec.layers) == (3, 4, 16, 2e-4, "all")
+    assert (rec.steps, rec.batch_size, rec.seq_len, rec.learning_rate, rec.layers) == (3, 4, 16, 2e-4, "all")
     assert (rec.train, rec.lora_r, rec.seed) == ("lora", 8, 0)  # defaults are left out of the command

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..architecture import head_dim_of, new_decoder_layer
+from ..architecture import head_dim_of, loaded_decoder_layer
 from ..assemble import layer_from_sources, layer_state, whole_layer
 from ..calibration import LayerwiseRunner, layer_type_of
 from ..ops.channel_selection import top_k
@@ -150,15 +150,6 @@ def merged_state(model: PreTrainedModel, sources: list[SourceSlice], shares: lis
     return concat_averaged_norms(parts, shares)
 
 
-def _merged_layer(model: PreTrainedModel, runner: LayerwiseRunner, sources: list[SourceSlice],
-                  state: LayerState) -> nn.Module:
-    cfg = model.config
-    layer = new_decoder_layer(cfg, sources[0].layer, cfg.num_attention_heads, cfg.num_key_value_heads,
-                              cfg.intermediate_size)
-    layer.load_state_dict(state)
-    return layer.to(runner.device, model.dtype).eval()
-
-
 def pair_distance(inputs: list[list[torch.Tensor]], k: int, pair_score: str) -> float:
     """How much current layers k and k+1 together change their input (lower: better to merge)."""
     if pair_score == "angular":
@@ -194,7 +185,9 @@ def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) ->
         sources, shares = select_pair_sources(pair, [stats[k], stats[k + 1]], cfg.num_key_value_heads,
                                               cfg.intermediate_size, n_rep)
         state = merged_state(model, sources, shares, config.norms)
-        current[k:k + 2] = [_Layer(sources, _merged_layer(model, runner, sources, state), state)]
+        module = loaded_decoder_layer(cfg, pair[0], state, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                      cfg.intermediate_size, runner.device, model.dtype)
+        current[k:k + 2] = [_Layer(sources, module, state)]
         del stats[k:], inputs[k + 1:]
         merges.append({"layers": pair, "distance": round(candidates[k], 6), "shares": [round(r, 4) for r in shares],
                        "kv_heads": [len(s.kv_heads) for s in sources],

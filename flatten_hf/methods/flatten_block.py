@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..architecture import head_dim_of, new_decoder_layer
+from ..architecture import head_dim_of, loaded_decoder_layer
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, layer_type_of
 from ..ops.channel_selection import ridge_leverage_scores, top_k
@@ -72,9 +72,8 @@ class GroupFlattener:
         self.wide = self._layer(self.wide_state, m * self.heads, m * self.kv_heads, m * self.channels)
 
     def _layer(self, state: LayerState, heads: int, kv_heads: int, channels: int) -> nn.Module:
-        layer = new_decoder_layer(self.cfg, self.group[0], heads, kv_heads, channels)
-        layer.load_state_dict(state)
-        return layer.to(self.runner.device, self.model.dtype).eval()
+        return loaded_decoder_layer(self.cfg, self.group[0], state, heads, kv_heads, channels, self.runner.device,
+                                    self.model.dtype)
 
     def _kwargs(self, batch_kwargs: dict) -> dict:
         return batch_kwargs[self.layer_type]
