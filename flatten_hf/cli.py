@@ -434,7 +434,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     windows = f", first {args.max_windows} windows" if args.max_windows else ""
     settings = {"perplexity": f"{args.source} evaluation part, seq_len {results[0].perplexity_seq_len}{windows}"
                 if ppl else "off",
-                "tasks": ",".join(tasks) or "none", "limit": args.limit or "none (full tasks)"}
+                "tasks": ",".join(tasks) or "none", "limit": args.limit or "none (full tasks)",
+                "dtype": args.dtype}
     print(", ".join(f"{k}: {v}" for k, v in settings.items()))
     print(quality_table([Row(r, *label_of(r)) for r in results]))
     if args.json:
