@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "quality table (dense first, retained % of dense), the speed table, and PNG plots: perplexity "
                     "and zero-shot average against the compression ratio per method, the layer similarity heatmap, "
                     "and the merge plans.")
-    rep.add_argument("--eval", dest="eval_json", required=True, help="JSON written by `flatten-hf eval --json`")
+    rep.add_argument("--eval", dest="eval_json", required=True, nargs="+", metavar="JSON",
+                     help="JSON written by `flatten-hf eval --json`; several files (e.g. one per model) are joined "
+                          "into one table when they were measured with the same settings")
     rep.add_argument("--bench", dest="bench_json", default=None, help="JSON written by `flatten-hf bench --json`")
     rep.add_argument("--out", required=True, help="output folder for report.md and the PNGs")
     rep.add_argument("--title", default="flatten-hf report", help="report title")

@@ -13,6 +13,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .bench import SpeedResult, speed_table
 from .evaluation import EvalResult
@@ -56,6 +57,24 @@ def display_name(name: str) -> str:
 def load_results(path: str | Path) -> tuple[dict, list]:
     data = json.loads(Path(path).read_text())
     return data.get("settings", {}), data["models"]
+
+
+def merge_results(paths: Sequence[str | Path]) -> tuple[dict, list]:
+    """The models of several `--json` files as one list, so each model can be evaluated in its own run.
+
+    Numbers measured under different settings (a `--limit`, another dtype) must not share a table, so
+    the files' settings have to agree.
+    """
+    settings, models = load_results(paths[0])
+    for path in paths[1:]:
+        other, more = load_results(path)
+        differing = sorted(k for k in settings.keys() | other.keys() if settings.get(k) != other.get(k))
+        if differing:
+            raise ValueError(f"{path} was measured with other settings than {paths[0]} ({', '.join(differing)}: "
+                             f"{[other.get(k) for k in differing]} vs {[settings.get(k) for k in differing]}); "
+                             "re-run `flatten-hf eval` with the same options or report the files separately")
+        models = models + more
+    return settings, models
 
 
 def quality_table(rows: list[Row]) -> str:
@@ -159,12 +178,14 @@ def plot_merge_plans(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def build_report(eval_json: str | Path, out_dir: str | Path, bench_json: str | Path | None = None,
-                 title: str = "flatten-hf report") -> Path:
-    """Write `out_dir/report.md` and its plots from saved `flatten-hf eval` (and `bench`) JSON."""
+def build_report(eval_json: str | Path | Sequence[str | Path], out_dir: str | Path,
+                 bench_json: str | Path | None = None, title: str = "flatten-hf report") -> Path:
+    """Write `out_dir/report.md` and its plots from saved `flatten-hf eval` (one or several files) and
+    `bench` JSON."""
+    paths = [eval_json] if isinstance(eval_json, (str, Path)) else list(eval_json)
+    settings, models = merge_results(paths)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    settings, models = load_results(eval_json)
     results = [EvalResult.from_dict(m) for m in models]
     rows = sorted((Row(r, *label_of(r)) for r in results), key=lambda r: (r.method != "dense", r.method, r.ratio))
     parts = [f"# {title}", "", "## Quality", "", _settings_line(settings), "", quality_table(rows), ""]

@@ -99,3 +99,25 @@ def test_report_builds_from_saved_json(tmp_path):
         data = (out / png).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, png
         assert f"]({png})" in text
+
+
+def test_report_joins_per_model_json_files_with_equal_settings(tmp_path):
+    data = json.loads(eval_json(tmp_path).read_text())
+    files = []
+    for i, model in enumerate(data["models"]):
+        files.append(tmp_path / f"model{i}.json")
+        files[-1].write_text(json.dumps({"settings": data["settings"], "models": [model]}))
+    out = tmp_path / "report"
+    assert main(["report", "--eval", *map(str, files), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert text.index("| dense | dense |") < text.index("| flat | flattengpt |") and "| short | shortgpt |" in text
+
+
+def test_report_refuses_to_join_results_measured_with_other_settings(tmp_path, capsys):
+    data = json.loads(eval_json(tmp_path).read_text())
+    full = tmp_path / "full.json"
+    full.write_text(json.dumps({"settings": {"limit": "none (full tasks)"}, "models": data["models"][:1]}))
+    assert main(["report", "--eval", str(eval_json(tmp_path)), str(full), "--out", str(tmp_path / "r")]) != 0
+    err = capsys.readouterr().err
+    assert "other settings" in err and "(limit:" in err
+    assert not (tmp_path / "r").exists()  # nothing written
