@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Reproduce a depth-compression report (README "Evaluation"): compress MODEL with every method at each
+# ratio, measure quality (flatten-hf eval), speed and size (flatten-hf bench) and build the report with
+# its plots in DOCS. Checkpoints go to OUT.
+#
+#   bash scripts/report.sh                                   # SmolLM2-135M, ratios 0.1/0.2/0.3 -> docs/report
+#   MODEL=qwen2.5-coder-0.5b NAME=qwen2 RATIOS=0.2 CALIB_SAMPLES=16 LIMIT=200 MAX_WINDOWS=16 \
+#     DOCS=docs/report-qwen2 bash scripts/report.sh          # the Qwen2 quick run of the README
+#
+# Each model is evaluated in its own run and writes DOCS/eval/<checkpoint>.json (DOCS/eval-quick/ when
+# LIMIT or MAX_WINDOWS is set), so an interrupted run resumes where it stopped: a model with a JSON is
+# not evaluated again (delete the file to redo it). The full five tasks take about half an hour per
+# SmolLM2-135M model on 2 CPU cores in bfloat16.
+#
+#   MODEL          offline asset name (default smollm2-135m); NAME: checkpoint prefix (default smollm2)
+#   RATIOS         compression ratios (default "0.1 0.2 0.3"); METHODS (default "shortgpt flattengpt come")
+#   CALIB_SAMPLES  calibration sequences of 512 tokens (default 64)
+#   DTYPE          dtype of the evaluation (default bfloat16: twice the float32 speed on CPUs with
+#                  AVX512-BF16, and the dtype lm-eval usually runs in on GPUs; use float32 elsewhere)
+#   LIMIT          documents per zero-shot task, MAX_WINDOWS 2048-token perplexity windows: quick runs
+#                  only (default: none, the full tasks and text)
+#   REPEATS        timing repeats of the speed benchmark (default 3)
+#   OUT, DOCS      checkpoint folder (default out/report) and report folder (default docs/report)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-smollm2-135m}
+NAME=${NAME:-smollm2}
+OUT=${OUT:-out/report}
+DOCS=${DOCS:-docs/report}
+F=.venv/bin/flatten-hf
+EVAL_ARGS=(--dtype "${DTYPE:-bfloat16}" --batch-size 32)
+EVAL_DIR=$DOCS/eval
+if [ -n "${LIMIT:-}" ] || [ -n "${MAX_WINDOWS:-}" ]; then EVAL_DIR=$DOCS/eval-quick; fi
+if [ -n "${LIMIT:-}" ]; then EVAL_ARGS+=(--limit "$LIMIT"); fi
+if [ -n "${MAX_WINDOWS:-}" ]; then EVAL_ARGS+=(--max-windows "$MAX_WINDOWS"); fi
+mkdir -p "$OUT" "$EVAL_DIR"
+models=("$MODEL")
+for method in ${METHODS:-shortgpt flattengpt come}; do
+  for ratio in ${RATIOS:-0.1 0.2 0.3}; do
+    dir="$OUT/$NAME-$method-$ratio"
+    [ -f "$dir/config.json" ] || $F -q compress "$MODEL" --method "$method" --ratio "$ratio" \
+      --calib-samples "${CALIB_SAMPLES:-64}" --out "$dir"
+    models+=("$dir")
+  done
+done
+for model in "${models[@]}"; do
+  json="$EVAL_DIR/$(basename "$model").json"
+  [ -f "$json" ] || $F -q eval "$model" "${EVAL_ARGS[@]}" --json "$json"
+done
+# The Flattened classes at the dense widths (nothing removed): the class-overhead reference of the speed table.
+ref="$OUT/$NAME-reference"
+[ -f "$ref/config.json" ] || $F -q compress "$MODEL" --method shortgpt --num-layers 0 --flattened-classes \
+  --calib-samples 8 --out "$ref"
+[ -f "$DOCS/bench.json" ] || \
+  $F -q bench "$MODEL" "$ref" "${models[@]:1}" --repeats "${REPEATS:-3}" --json "$DOCS/bench.json"
+$F -q report --eval "$EVAL_DIR"/*.json --bench "$DOCS/bench.json" --out "$DOCS" \
+  --title "$MODEL: depth compression report"
