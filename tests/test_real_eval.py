@@ -31,6 +31,25 @@ def test_zero_shot_equals_lm_evals_own_simple_evaluate(smollm2):
     assert ours[0].acc > 0.55  # PIQA: a real pretrained model, well above the 50% chance level
 
 
+def test_request_cache_resumes_zero_shot_with_identical_scores(smollm2, tmp_path):
+    """With lm-eval's request cache, a second run answers every request from the cache, unchanged."""
+    from sqlitedict import SqliteDict
+
+    model, tokenizer = smollm2
+    cache = str(tmp_path / "smollm2")
+    first, _ = zero_shot(model, tokenizer, ["arc_challenge"], limit=8, batch_size=8, cache=cache)
+    with SqliteDict(cache + "_rank0.db") as db:
+        assert len(db) == 8 * 4  # one answer per (question, choice) request
+    weight = model.model.layers[0].mlp.down_proj.weight
+    saved = weight.detach().clone()
+    weight.data.zero_()  # a cache hit never runs the model, so a broken model changes nothing
+    try:
+        second, _ = zero_shot(model, tokenizer, ["arc_challenge"], limit=8, batch_size=8, cache=cache)
+    finally:
+        weight.data.copy_(saved)
+    assert second == first
+
+
 def test_eval_and_bench_commands_write_json_for_the_report(smollm2, tmp_path):
     eval_json, bench_json = tmp_path / "eval.json", tmp_path / "bench.json"
     assert main(["eval", "smollm2-135m", "--ppl", "--tasks", "arc_challenge", "--limit", "8", "--seq-len", "1024",

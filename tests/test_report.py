@@ -121,3 +121,20 @@ def test_report_refuses_to_join_results_measured_with_other_settings(tmp_path, c
     err = capsys.readouterr().err
     assert "other settings" in err and "(limit:" in err
     assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_request_cache_prefix_changes_with_weights_and_dtype(tmp_path):
+    from flatten_hf.evaluation import request_cache_prefix
+
+    ckpt = tmp_path / "smollm2-shortgpt-0.2"
+    ckpt.mkdir()
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(b"a" * 10)
+    first = request_cache_prefix(tmp_path / "cache", ckpt, "bfloat16")
+    assert first.startswith(str(tmp_path / "cache" / "smollm2-shortgpt-0.2-bfloat16-"))
+    assert request_cache_prefix(tmp_path / "cache", ckpt, "bfloat16") == first
+    assert request_cache_prefix(tmp_path / "cache", ckpt, "float32") != first
+    weights.write_bytes(b"b" * 11)  # compressed again into the same folder: a fresh cache
+    assert request_cache_prefix(tmp_path / "cache", ckpt, "bfloat16") != first
+    with pytest.raises(ValueError, match="safetensors"):
+        request_cache_prefix(tmp_path / "cache", tmp_path / "missing", "bfloat16")
