@@ -9,7 +9,8 @@
 #
 # Each model is evaluated in its own run and writes DOCS/eval/<checkpoint>.json (DOCS/eval-quick/ when
 # LIMIT or MAX_WINDOWS is set), so an interrupted run resumes where it stopped: a model with a JSON is
-# not evaluated again (delete the file to redo it). The full five tasks take about half an hour per
+# not evaluated again (delete the file to redo it), and lm-eval's request cache in OUT/lm-eval-cache
+# keeps the answers of a model whose run was cut off. The full five tasks take about half an hour per
 # SmolLM2-135M model on 2 CPU cores in bfloat16.
 #
 #   MODEL          offline asset name (default smollm2-135m); NAME: checkpoint prefix (default smollm2)
@@ -28,7 +29,7 @@ NAME=${NAME:-smollm2}
 OUT=${OUT:-out/report}
 DOCS=${DOCS:-docs/report}
 F=.venv/bin/flatten-hf
-EVAL_ARGS=(--dtype "${DTYPE:-bfloat16}" --batch-size 32)
+EVAL_ARGS=(--dtype "${DTYPE:-bfloat16}" --batch-size 32 --cache "$OUT/lm-eval-cache")
 EVAL_DIR=$DOCS/eval
 if [ -n "${LIMIT:-}" ] || [ -n "${MAX_WINDOWS:-}" ]; then EVAL_DIR=$DOCS/eval-quick; fi
 if [ -n "${LIMIT:-}" ]; then EVAL_ARGS+=(--limit "$LIMIT"); fi
