@@ -172,7 +172,7 @@ def plot_merge_plans(rows: list[Row], path: Path) -> None:
         ax.set_xticks(range(n_src))
         ax.tick_params(labelsize=7)
         ax.set_title(f"{display_name(row.result.name)}: {row.method}, {n_src} -> {len(groups)} layers "
-                     "(red: flattened groups; grey dots: removed layers)", fontsize=9)
+                     "(red: layers flattened or merged into one; grey dots: removed layers)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
