@@ -5,19 +5,20 @@
 #
 #   bash scripts/report.sh                                   # SmolLM2-135M, ratios 0.1/0.2/0.3 -> docs/report
 #   MODEL=qwen2.5-coder-0.5b NAME=qwen2 RATIOS=0.2 CALIB_SAMPLES=16 LIMIT=200 MAX_WINDOWS=16 \
-#     DOCS=docs/report-qwen2 bash scripts/report.sh          # the Qwen2 quick run of the README
+#     DOCS=docs/report-qwen2 bash scripts/report.sh          # a quick Qwen2.5-Coder-0.5B run at ratio 0.2
 #
 # Each model is evaluated in its own run and writes DOCS/eval/<checkpoint>.json (DOCS/eval-quick/ when
 # LIMIT or MAX_WINDOWS is set), so an interrupted run resumes where it stopped: a model with a JSON is
 # not evaluated again (delete the file to redo it), and lm-eval's request cache in OUT/lm-eval-cache
-# keeps the answers of a model whose run was cut off. The full five tasks take about half an hour per
-# SmolLM2-135M model on 2 CPU cores in bfloat16.
+# keeps the answers of a model whose run was cut off. The full five tasks are about 60,000 requests per
+# model: more than an hour per SmolLM2-135M model on 2 CPU cores in bfloat16 (measured: the longest
+# 5,800 requests took 35 minutes).
 #
 #   MODEL          offline asset name (default smollm2-135m); NAME: checkpoint prefix (default smollm2)
 #   RATIOS         compression ratios (default "0.1 0.2 0.3"); METHODS (default "shortgpt flattengpt come")
 #   CALIB_SAMPLES  calibration sequences of 512 tokens (default 64)
-#   DTYPE          dtype of the evaluation (default bfloat16: twice the float32 speed on CPUs with
-#                  AVX512-BF16, and the dtype lm-eval usually runs in on GPUs; use float32 elsewhere)
+#   DTYPE          dtype of the evaluation (default bfloat16: measured 2.0x the float32 speed on a CPU
+#                  with AVX512-BF16; use float32 on CPUs without it)
 #   LIMIT          documents per zero-shot task, MAX_WINDOWS 2048-token perplexity windows: quick runs
 #                  only (default: none, the full tasks and text)
 #   REPEATS        timing repeats of the speed benchmark (default 3)
