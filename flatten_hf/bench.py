@@ -2,8 +2,11 @@
 
 Each model is measured in its own child process, so that its peak memory is its own and one model's
 allocator state does not slow the next. Timings take a warm-up run, then the median (and min/max)
-of several repeats. The first model is the reference: the others are reported as speed-ups over it,
-next to the ideal speed-up from the FLOPs of a prefill (linear layers, lm_head and attention scores).
+of several repeats. On a shared VM two processes running the same model can differ by ~10% while the
+repeats within one process agree to a few percent, so `rounds` > 1 measures every model again in new
+processes, interleaved (all models once per round), and reports the median over the processes.
+The first model is the reference: the others are reported as speed-ups over it, next to the ideal
+speed-up from the FLOPs of a prefill (linear layers, lm_head and attention scores).
 """
 
 from __future__ import annotations
@@ -144,21 +147,42 @@ def _child(queue, args, kwargs) -> None:
     queue.put(measure_speed(*args, **kwargs).to_dict())
 
 
-def benchmark(models: list[str], **kwargs) -> list[SpeedResult]:
-    """Measure each model in a fresh child process, one after the other (never concurrently)."""
+def merge_rounds(results: list[SpeedResult]) -> SpeedResult:
+    """One result from several processes that measured the same model: per measurement the median of the
+    per-process medians (robust to one slow process), the min of the mins and the max of the maxes; the
+    peak memory is the largest seen."""
+    def merged(timings: list[Timing]) -> Timing:
+        return Timing(statistics.median(t.median for t in timings), min(t.min for t in timings),
+                      max(t.max for t in timings), sum(t.repeats for t in timings))
+
+    first = results[0]
+    return SpeedResult(
+        name=first.name, layers=first.layers, parameters=first.parameters, file_bytes=first.file_bytes,
+        device=first.device, threads=first.threads,
+        prefill_ms={k: merged([r.prefill_ms[k] for r in results]) for k in first.prefill_ms},
+        decode_tokens_per_s={k: merged([r.decode_tokens_per_s[k] for r in results]) for k in first.decode_tokens_per_s},
+        peak_memory_mb=max(r.peak_memory_mb for r in results), prefill_gflops=dict(first.prefill_gflops))
+
+
+def benchmark(models: list[str], rounds: int = 1, **kwargs) -> list[SpeedResult]:
+    """Measure each model in a fresh child process, one after the other (never concurrently); with
+    `rounds` > 1 the whole list again in new processes, and each model's rounds merged (`merge_rounds`)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}.")
     ctx = mp.get_context("spawn")
-    results = []
-    for name in models:
-        logger.info("Benchmarking %s", name)
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(queue, (name,), kwargs))
-        proc.start()
-        result = queue.get()
-        proc.join()
-        if proc.exitcode != 0:
-            raise RuntimeError(f"benchmarking {name} failed (exit code {proc.exitcode}).")
-        results.append(SpeedResult.from_dict(result))
-    return results
+    runs: dict[str, list[SpeedResult]] = {name: [] for name in models}
+    for r in range(rounds):
+        for name in models:
+            logger.info("Benchmarking %s (round %d of %d)", name, r + 1, rounds)
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_child, args=(queue, (name,), kwargs))
+            proc.start()
+            result = queue.get()
+            proc.join()
+            if proc.exitcode != 0:
+                raise RuntimeError(f"benchmarking {name} failed (exit code {proc.exitcode}).")
+            runs[name].append(SpeedResult.from_dict(result))
+    return [merge_rounds(runs[name]) for name in models]
 
 
 def speed_table(results: list[SpeedResult]) -> str:

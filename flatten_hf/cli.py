@@ -233,10 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="prefill latency, decode throughput, peak memory and size of one or more models",
         description="Speed and size, each model in its own process: batch-1 prefill latency at 512 and 2048 tokens, "
                     "decode throughput at batch 1 and 16 (128 new tokens, KV cache on), peak memory, parameters "
-                    "and file size; a warm-up, then the median (min-max) of --repeats runs. The first model is the "
+                    "and file size; a warm-up, then the median (min-max) of --repeats runs (with --rounds R, R "
+                    "interleaved processes per model and the median over them). The first model is the "
                     "reference: the others get their prefill speed-up over it next to the ideal (FLOPs ratio).")
     bench.add_argument("models", nargs="+", help=MODEL_HELP + "; the first one is the reference")
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
+    bench.add_argument("--rounds", type=int, default=1,
+                       help="measure every model in R separate processes, interleaved (all models once per round), "
+                            "and report the median over the processes: on a shared machine processes running the "
+                            "same model can differ by ~10%% (default 1)")
     bench.add_argument("--seq-lens", default="512,2048", help="prefill lengths (default 512,2048)")
     bench.add_argument("--batches", default="1,16", help="decode batch sizes (default 1,16)")
     bench.add_argument("--new-tokens", type=int, default=128, help="tokens generated per decode run (default 128)")
@@ -455,11 +460,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import benchmark, speed_table
 
-    results = benchmark(args.models, repeats=args.repeats, device=args.device, dtype=args.dtype,
+    results = benchmark(args.models, rounds=args.rounds, repeats=args.repeats, device=args.device, dtype=args.dtype,
                         seq_lens=tuple(int(s) for s in args.seq_lens.split(",")),
                         batches=tuple(int(b) for b in args.batches.split(",")), new_tokens=args.new_tokens)
     settings = {"device": results[0].device, "threads": results[0].threads, "dtype": args.dtype,
-                "repeats": args.repeats, "torch": torch.__version__}
+                "repeats": args.repeats, "rounds": args.rounds, "torch": torch.__version__}
     print(", ".join(f"{k}: {v}" for k, v in settings.items()))
     print(speed_table(results))
     if args.json:

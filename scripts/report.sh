@@ -21,7 +21,8 @@
 #                  with AVX512-BF16; use float32 on CPUs without it)
 #   LIMIT          documents per zero-shot task, MAX_WINDOWS 2048-token perplexity windows: quick runs
 #                  only (default: none, the full tasks and text)
-#   REPEATS        timing repeats of the speed benchmark (default 3)
+#   REPEATS        timing repeats of the speed benchmark (default 3); ROUNDS: processes per model,
+#                  interleaved, median over them (default 1; processes differ by ~10% on a shared VM)
 #   OUT, DOCS      checkpoint folder (default out/report) and report folder (default docs/report)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +55,6 @@ ref="$OUT/$NAME-reference"
 [ -f "$ref/config.json" ] || $F -q compress "$MODEL" --method shortgpt --num-layers 0 --flattened-classes \
   --calib-samples 8 --out "$ref"
 [ -f "$DOCS/bench.json" ] || \
-  $F -q bench "$MODEL" "$ref" "${models[@]:1}" --repeats "${REPEATS:-3}" --json "$DOCS/bench.json"
+  $F -q bench "$MODEL" "$ref" "${models[@]:1}" --repeats "${REPEATS:-3}" --rounds "${ROUNDS:-1}" --json "$DOCS/bench.json"
 $F -q report --eval "$EVAL_DIR"/*.json --bench "$DOCS/bench.json" --out "$DOCS" \
   --title "$MODEL: depth compression report"

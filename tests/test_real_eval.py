@@ -57,9 +57,10 @@ def test_eval_and_bench_commands_write_json_for_the_report(smollm2, tmp_path):
     result = json.loads(eval_json.read_text())["models"][0]
     assert 5 < result["perplexity"] < 40 and result["perplexity_seq_len"] == 1024
     assert result["tasks"][0]["task"] == "arc_challenge" and result["limit"] == 8
-    assert main(["bench", "smollm2-135m", "--repeats", "1", "--seq-lens", "64", "--batches", "2", "--new-tokens", "4",
-                 "--json", str(bench_json)]) == 0
+    assert main(["bench", "smollm2-135m", "--repeats", "1", "--rounds", "2", "--seq-lens", "64", "--batches", "2",
+                 "--new-tokens", "4", "--json", str(bench_json)]) == 0
     speed = json.loads(bench_json.read_text())["models"][0]
+    assert speed["prefill_ms"]["64"]["repeats"] == 2  # one timed run in each of the two processes
     assert speed["layers"] == 30 and speed["prefill_ms"]["64"]["median"] > 0 and speed["peak_memory_mb"] > 100
     assert speed["file_bytes"] > 500e6  # fp32 SmolLM2-135M on disk
     assert main(["report", "--eval", str(eval_json), "--bench", str(bench_json), "--out", str(tmp_path / "r")]) == 0

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from transformers import LlamaConfig
 
-from flatten_hf.bench import SpeedResult, Timing, prefill_flops, speed_table
+from flatten_hf.bench import SpeedResult, Timing, benchmark, merge_rounds, prefill_flops, speed_table
 from flatten_hf.cli import main
 from flatten_hf.evaluation import EvalResult
 from flatten_hf.zeroshot import TASKS, TaskScore, average, offline_task_dir
@@ -46,6 +46,23 @@ def test_prefill_flops_follow_depth_and_sequence_length():
     # linear FLOPs grow linearly with the sequence, attention scores quadratically
     linear = 2 * 512 * (64 * 16 * (2 * 4 + 2 * 2) + 3 * 64 * 128)
     assert per_layer == pytest.approx(linear + 2 * 4 * 16 * 512 * 512)
+
+
+def test_rounds_merge_to_the_median_over_processes():
+    def run(prefill, decode, memory):
+        return SpeedResult("m", 4, 10, 20, "cpu", 2, {"512": Timing(prefill, prefill - 1, prefill + 1, 3)},
+                           {"1": Timing(decode, decode - 2, decode + 2, 1)}, memory, {"512": 6.0})
+
+    merged = merge_rounds([run(100.0, 50.0, 300.0), run(130.0, 40.0, 310.0), run(104.0, 52.0, 305.0)])
+    # one slow process (130 ms) moves neither the median nor the speed-up computed from it
+    assert merged.prefill_ms["512"] == Timing(104.0, 99.0, 131.0, 9)
+    assert merged.decode_tokens_per_s["1"] == Timing(50.0, 38.0, 54.0, 3)
+    assert merged.peak_memory_mb == 310.0 and merged.prefill_gflops == {"512": 6.0}
+
+
+def test_benchmark_refuses_zero_rounds():
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        benchmark(["smollm2-135m"], rounds=0)
 
 
 def eval_json(tmp_path):
