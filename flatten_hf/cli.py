@@ -45,6 +45,13 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampling (default 0)")
 
 
+def _add_save_dtype_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save-dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the saved weights (default: the --dtype the model was computed in). The "
+                        "statistics need float32, so a bfloat16 base model (Qwen2.5) gives a float32 checkpoint "
+                        "twice its size unless saved with --save-dtype bfloat16")
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype to load the model in (default float32; statistics are always float32/64)")
@@ -89,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not write a model card (README.md) into --out")
     comp.add_argument("--max-shard-size", default="5GB",
                       help="split the safetensors weights into shards of at most this size (default 5GB)")
+    _add_save_dtype_arg(comp)
     # Method options default to SUPPRESS: only flags the user gives reach the method's config, whose
     # dataclass holds the defaults.
     fg = comp.add_argument_group("FlattenGPT options (--method flattengpt)", argument_default=argparse.SUPPRESS)
@@ -167,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--save-steps", type=int, default=d.save_steps,
                     help=f"write the resumable state every N steps (default {d.save_steps})")
     rec.add_argument("--no-card", dest="card", action="store_false", help="do not write a model card into --out")
+    _add_save_dtype_arg(rec)
     _add_model_args(rec)
 
     ppl = sub.add_parser(
@@ -292,6 +301,15 @@ def _cmd_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cast_for_saving(model, save_dtype: str | None):
+    """The model in `--save-dtype` (in place: the command is done with it), or unchanged without one."""
+    if save_dtype is None:
+        return model
+    import torch
+
+    return model.to(getattr(torch, save_dtype))
+
+
 def _cmd_compress(args: argparse.Namespace) -> int:
     from .checkpoint import base_model_id, check_output_dir, load_model, save_compressed
     from .compression import CalibrationConfig, compress
@@ -306,7 +324,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                           stock_if_uniform=not args.flattened_classes, base_model=base_model_id(args.model),
                           ratio=args.ratio, num_layers=args.num_layers, **options)
     seconds = time.perf_counter() - start
-    out = save_compressed(compressed, args.out, tokenizer, overwrite=args.overwrite, card=args.card,
+    out = save_compressed(_cast_for_saving(compressed, args.save_dtype), args.out, tokenizer, overwrite=args.overwrite, card=args.card,
                           max_shard_size=args.max_shard_size)
     print(f"{args.method}: {model.config.num_hidden_layers} -> {compressed.config.num_hidden_layers} layers, "
           f"{_params(model) / 1e6:.1f}M -> {_params(compressed) / 1e6:.1f}M parameters, {seconds:.1f} s; saved to {out}")
@@ -331,7 +349,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     teacher, _ = load_model(args.teacher or asset_name_of(plan.base_model), args.dtype, args.device)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / f"{out.name}.recovery-state"
     recovered = recover(student, teacher, tokenizer=tokenizer, config=config, state_dir=state_dir)
-    saved = save_compressed(recovered, out, tokenizer, overwrite=args.overwrite, card=args.card)
+    saved = save_compressed(_cast_for_saving(recovered, args.save_dtype), out, tokenizer, overwrite=args.overwrite, card=args.card)
     shutil.rmtree(state_dir, ignore_errors=True)
     record = recovered.config.flatten["method_params"]["recovery"]
     print(f"recovered {args.model}: {record['steps']} steps, {record['tokens']} tokens, layers {record['trained_layers']}, "

@@ -4,7 +4,7 @@
 # its plots in DOCS. Checkpoints go to OUT.
 #
 #   bash scripts/report.sh                                   # SmolLM2-135M, ratios 0.1/0.2/0.3 -> docs/report
-#   MODEL=qwen2.5-coder-0.5b NAME=qwen2 RATIOS=0.2 CALIB_SAMPLES=16 LIMIT=200 MAX_WINDOWS=16 \
+#   MODEL=qwen2.5-coder-0.5b NAME=qwen2 RATIOS=0.2 CALIB_SAMPLES=16 LIMIT=100 MAX_WINDOWS=16 ROUNDS=3 \
 #     DOCS=docs/report-qwen2 bash scripts/report.sh          # a quick Qwen2.5-Coder-0.5B run at ratio 0.2
 #
 # Each model is evaluated in its own run and writes DOCS/eval/<checkpoint>.json (DOCS/eval-quick/ when

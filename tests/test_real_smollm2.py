@@ -54,9 +54,12 @@ def test_shortgpt_cli_roundtrip_through_auto_classes(smollm2, dense_ppl, tmp_pat
 def test_flattened_classes_checkpoint_loads_with_remote_code(smollm2, tmp_path):
     model, tokenizer = smollm2
     out = tmp_path / "flattened"
-    assert main(["compress", "--num-layers", "3", "--flattened-classes", "--out", str(out), *CALIB]) == 0
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert main(["compress", "--num-layers", "3", "--flattened-classes", "--save-dtype", "bfloat16", "--out", str(out),
+                 *CALIB]) == 0
+    reloaded = AutoModelForCausalLM.from_pretrained(out)  # transformers 5 loads the saved dtype by default
     assert type(reloaded) is flatten_hf.FlattenedLlamaForCausalLM
+    # --save-dtype: bfloat16 weights on disk (half the float32 size), recorded in config.json
+    assert reloaded.dtype == torch.bfloat16 and reloaded.config.dtype == torch.bfloat16
     ids = torch.tensor([tokenizer("Paris is the capital of").input_ids])
     got = load_in_clean_process(out, ids, tmp_path, remote=True)
     assert got["cls"].endswith("modeling_flatten.FlattenedLlamaForCausalLM")
