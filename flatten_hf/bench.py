@@ -16,7 +16,7 @@ import multiprocessing as mp
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -156,12 +156,10 @@ def merge_rounds(results: list[SpeedResult]) -> SpeedResult:
                       max(t.max for t in timings), sum(t.repeats for t in timings))
 
     first = results[0]
-    return SpeedResult(
-        name=first.name, layers=first.layers, parameters=first.parameters, file_bytes=first.file_bytes,
-        device=first.device, threads=first.threads,
-        prefill_ms={k: merged([r.prefill_ms[k] for r in results]) for k in first.prefill_ms},
+    return replace(
+        first, prefill_ms={k: merged([r.prefill_ms[k] for r in results]) for k in first.prefill_ms},
         decode_tokens_per_s={k: merged([r.decode_tokens_per_s[k] for r in results]) for k in first.decode_tokens_per_s},
-        peak_memory_mb=max(r.peak_memory_mb for r in results), prefill_gflops=dict(first.prefill_gflops))
+        peak_memory_mb=max(r.peak_memory_mb for r in results))
 
 
 def benchmark(models: list[str], rounds: int = 1, **kwargs) -> list[SpeedResult]:

@@ -324,8 +324,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                           stock_if_uniform=not args.flattened_classes, base_model=base_model_id(args.model),
                           ratio=args.ratio, num_layers=args.num_layers, **options)
     seconds = time.perf_counter() - start
-    out = save_compressed(_cast_for_saving(compressed, args.save_dtype), args.out, tokenizer, overwrite=args.overwrite, card=args.card,
-                          max_shard_size=args.max_shard_size)
+    out = save_compressed(_cast_for_saving(compressed, args.save_dtype), args.out, tokenizer,
+                          overwrite=args.overwrite, card=args.card, max_shard_size=args.max_shard_size)
     print(f"{args.method}: {model.config.num_hidden_layers} -> {compressed.config.num_hidden_layers} layers, "
           f"{_params(model) / 1e6:.1f}M -> {_params(compressed) / 1e6:.1f}M parameters, {seconds:.1f} s; saved to {out}")
     return 0
@@ -349,7 +349,8 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     teacher, _ = load_model(args.teacher or asset_name_of(plan.base_model), args.dtype, args.device)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / f"{out.name}.recovery-state"
     recovered = recover(student, teacher, tokenizer=tokenizer, config=config, state_dir=state_dir)
-    saved = save_compressed(_cast_for_saving(recovered, args.save_dtype), out, tokenizer, overwrite=args.overwrite, card=args.card)
+    saved = save_compressed(_cast_for_saving(recovered, args.save_dtype), out, tokenizer, overwrite=args.overwrite,
+                            card=args.card)
     shutil.rmtree(state_dir, ignore_errors=True)
     record = recovered.config.flatten["method_params"]["recovery"]
     print(f"recovered {args.model}: {record['steps']} steps, {record['tokens']} tokens, layers {record['trained_layers']}, "
@@ -478,8 +479,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import benchmark, speed_table
 
-    results = benchmark(args.models, rounds=args.rounds, repeats=args.repeats, device=args.device, dtype=args.dtype,
-                        seq_lens=tuple(int(s) for s in args.seq_lens.split(",")),
+    results = benchmark(args.models, rounds=args.rounds, repeats=args.repeats, device=args.device,
+                        dtype=args.dtype, seq_lens=tuple(int(s) for s in args.seq_lens.split(",")),
                         batches=tuple(int(b) for b in args.batches.split(",")), new_tokens=args.new_tokens)
     settings = {"device": results[0].device, "threads": results[0].threads, "dtype": args.dtype,
                 "repeats": args.repeats, "rounds": args.rounds, "torch": torch.__version__}
