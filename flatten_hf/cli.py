@@ -32,6 +32,7 @@ examples:
 
 MODEL_HELP = ("an offline asset name (smollm2-135m [default], qwen2.5-coder-0.5b), a local checkpoint "
               "directory, or a Hub id (needs network)")
+DTYPES = ("float32", "bfloat16", "float16")  # the dtypes a model can be loaded in and saved in
 
 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
@@ -46,14 +47,14 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_save_dtype_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--save-dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--save-dtype", default=None, choices=DTYPES,
                    help="dtype of the saved weights (default: the --dtype the model was computed in). The "
                         "statistics need float32, so a bfloat16 base model (Qwen2.5) gives a float32 checkpoint "
                         "twice its size unless saved with --save-dtype bfloat16")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="dtype to load the model in (default float32; statistics are always float32/64)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: cpu)")
 
