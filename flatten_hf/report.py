@@ -126,6 +126,11 @@ def plot_quality(rows: list[Row], path: Path) -> None:
                                 label=method)
     axes[0][0].set(xlabel="compression ratio (fraction of layers removed)", ylabel="perplexity (log scale)",
                    yscale="log", title="Perplexity (lower is better)")
+    # Plain numbers (20, 30, 60) rather than 2x10^1 on the log axis: perplexities span less than two decades.
+    from matplotlib.ticker import LogFormatter
+
+    axes[0][0].yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    axes[0][0].yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     if has_tasks:
         axes[0][1].set(xlabel="compression ratio (fraction of layers removed)", ylabel="accuracy (%)",
                        title="Zero-shot average, 5 tasks (higher is better)")
