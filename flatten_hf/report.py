@@ -126,7 +126,8 @@ def plot_quality(rows: list[Row], path: Path) -> None:
                                 label=method)
     axes[0][0].set(xlabel="compression ratio (fraction of layers removed)", ylabel="perplexity (log scale)",
                    yscale="log", title="Perplexity (lower is better)")
-    # Plain numbers (20, 30, 60) rather than 2x10^1 on the log axis: perplexities span less than two decades.
+    # Plain numbers (20, 30, 60) rather than 2x10^1, minor ticks labelled while the range is narrow (one or two
+    # decades, where compressed models' perplexities usually lie).
     from matplotlib.ticker import LogFormatter
 
     axes[0][0].yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
