@@ -112,6 +112,8 @@ def _plt():
 def plot_quality(rows: list[Row], path: Path) -> None:
     """Perplexity and zero-shot average against the compression ratio, one line per method."""
     plt = _plt()
+    from matplotlib.ticker import LogFormatter
+
     dense = next((r for r in rows if r.method == "dense"), None)
     methods = sorted({r.method for r in rows if r.method != "dense"})
     has_tasks = any(r.result.zero_shot_average is not None for r in rows)
@@ -128,8 +130,6 @@ def plot_quality(rows: list[Row], path: Path) -> None:
                    yscale="log", title="Perplexity (lower is better)")
     # Plain numbers (20, 30, 60) rather than 2x10^1, minor ticks labelled while the range is narrow (one or two
     # decades, where compressed models' perplexities usually lie).
-    from matplotlib.ticker import LogFormatter
-
     axes[0][0].yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
     axes[0][0].yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     if has_tasks:
