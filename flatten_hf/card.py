@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,50 +26,14 @@ from safetensors import safe_open
 
 from .architecture import head_dim_of
 from .checkpoint import ASSET_HUB_IDS, asset_name_of
+from .methods import METHODS
+from .methods.registry import DEPTH_FIELDS
 from .plan import MergePlan
 
 logger = logging.getLogger(__name__)
 
 EVAL_RESULTS_FILE = "eval_results.json"
 
-
-@dataclass(frozen=True)
-class MethodInfo:
-    title: str
-    paper: str
-    summary: str
-    citation: str
-
-
-METHOD_INFO: dict[str, MethodInfo] = {
-    "flattengpt": MethodInfo(
-        "FlattenGPT", "[arXiv:2602.08858](https://arxiv.org/abs/2602.08858)",
-        "Adjacent layers whose inputs are most similar were flattened into one wide block (their attention heads "
-        "and MLP channels side by side, RMSNorm weights folded in), and each wide block was pruned back by key/value "
-        "groups (scored by the error they leave after a least-squares refit of o_proj) and by MLP channels (ridge "
-        "leverage scores, with a closed-form least-squares refit of down_proj).",
-        "@article{xu2026flattengpt,\n  title   = {Depth Compression for Transformer with Layer Flattening},\n"
-        "  author  = {Xu, Ruihan and Guo, Qingpei and Zhu, Yao and Ji, Xiangyang and Yang, Ming and Zhang, Shiliang},\n"
-        "  journal = {arXiv preprint arXiv:2602.08858},\n  year    = {2026}\n}"),
-    "shortgpt": MethodInfo(
-        "ShortGPT", "[arXiv:2403.03853](https://arxiv.org/abs/2403.03853)",
-        "The layers with the lowest Block Influence (one minus the cosine similarity of a layer's input and output "
-        "hidden states on calibration text) were removed; the remaining layers are unchanged.",
-        "@article{men2024shortgpt,\n  title   = {ShortGPT: Layers in Large Language Models are More Redundant Than "
-        "You Expect},\n  author  = {Men, Xin and Xu, Mingyu and Zhang, Qingyu and Wang, Bingning and Lin, Hongyu and "
-        "Lu, Yaojie and Han, Xianpei and Chen, Weipeng},\n  journal = {arXiv preprint arXiv:2403.03853},\n"
-        "  year    = {2024}\n}"),
-    "come": MethodInfo(
-        "CoMe", "[arXiv:2510.15304](https://arxiv.org/abs/2510.15304)",
-        "Adjacent layers were merged progressively, one pair per step on the current model (the pair whose last-token "
-        "hidden states change least across it): each member kept its most sensitive key/value groups (with exactly "
-        "their own query heads) and MLP channels (mean |activation| times the L1 norm of the output-projection "
-        "column), in proportion to its Block Influence, concatenated into one layer of the original width.",
-        "@inproceedings{wang2025come,\n  title     = {Layer as Puzzle Pieces: Compressing Large Language Models "
-        "through Layer Concatenation},\n  author    = {Wang, Fei and Shen, Li and Ding, Liang and Xue, Chao and Liu, "
-        "Ye and Ding, Changxing},\n  booktitle = {Advances in Neural Information Processing Systems},\n"
-        "  year      = {2025}\n}"),
-}
 
 # Hub ids of the datasets behind each calibration source, for the card's `datasets` metadata.
 CALIBRATION_DATASETS = {"wikipedia": "google/boolq", "wikitext2": "Salesforce/wikitext"}
@@ -133,19 +97,14 @@ def base_license(base_model: str) -> str | None:
 
 def reproduce_command(plan: MergePlan, config, out: str) -> str:
     """The `flatten-hf compress` call that rebuilds this checkpoint from its base model."""
-    from .cli import METHOD_OPTIONS
-    from .compression import METHODS
-
     asset = asset_name_of(plan.base_model)
     params = plan.method_params
     calib = params.get("calibration", {})
     removed = plan.source_num_hidden_layers - len(plan.layers)
     parts = ["flatten-hf compress", asset, f"--method {plan.method}", f"--num-layers {removed}"]
-    defaults = METHODS[plan.method].config_class() if plan.method in METHODS else None
-    for key, (flag, method) in METHOD_OPTIONS.items():
-        if method != plan.method or key not in params or defaults is None or params[key] == getattr(defaults, key):
-            continue
-        parts.append(flag if isinstance(params[key], bool) else f"{flag} {params[key]}")
+    for option in METHODS[plan.method].options() if plan.method in METHODS else []:
+        if option.name in params:
+            parts += option.to_argv(params[option.name])
     if calib:
         parts += [f"--calib-source {calib['source']}", f"--calib-samples {calib['num_samples']}",
                   f"--seq-len {calib['seq_len']}", f"--seed {calib['seed']}"]
@@ -192,11 +151,9 @@ def _plan_rows(plan: MergePlan) -> list[dict[str, Any]]:
 
 def _option_names(method: str) -> list[str]:
     """The method's config fields worth showing on a card (the depth is shown on its own)."""
-    from .compression import METHODS
-
     if method not in METHODS:
         return []
-    return [f.name for f in fields(METHODS[method].config_class) if f.name not in ("num_layers", "ratio")]
+    return [f.name for f in fields(METHODS[method].config_class) if f.name not in DEPTH_FIELDS]
 
 
 def _human(n: int) -> str:
@@ -245,7 +202,7 @@ def card_variables(folder: str | Path, repo_id: str | None = None,
     if not plan_dict:
         raise ValueError(f"{folder} has no merge plan in config.json: it was not written by flatten-hf compress.")
     plan = MergePlan.from_dict(plan_dict)
-    info = METHOD_INFO.get(plan.method, MethodInfo(plan.method, "", "", ""))
+    spec = METHODS.get(plan.method)
     params_after = count_parameters(folder)
     params_before = base_parameters(config, params_after)
     needs_remote_code = bool(getattr(config, "auto_map", None))
@@ -275,10 +232,10 @@ def card_variables(folder: str | Path, repo_id: str | None = None,
         "base_model": plan.base_model,
         "base_model_url": f"https://huggingface.co/{plan.base_model}" if is_hub_id else plan.base_model,
         "base_model_type": {"llama": "LLaMA", "qwen2": "Qwen2"}.get(plan.base_model_type, plan.base_model_type),
-        "method_title": info.title,
-        "method_paper": info.paper,
-        "method_summary": info.summary,
-        "citation": info.citation,
+        "method_title": spec.title if spec else plan.method,
+        "method_paper": spec.paper if spec else "",
+        "method_summary": spec.summary if spec else "",
+        "citation": spec.citation if spec else "",
         "layers_before": plan.source_num_hidden_layers,
         "layers_after": len(plan.layers),
         "layers_removed": removed,

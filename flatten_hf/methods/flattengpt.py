@@ -41,6 +41,7 @@ from ..ops.width_allocation import allocate_widths
 from ..plan import MergePlan
 from .common import layers_to_remove
 from .flatten_block import GroupFlattener, compress_group
+from .registry import MethodSpec, option, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -77,14 +78,25 @@ class FlattenGPTConfig:
 
     num_layers: int | None = None
     ratio: float | None = None
-    similarity: str = "one-shot"
-    width_policy: str = "uniform"
-    prune: bool = True
-    attn_compensation: bool = True
-    target: str = "sequential"
-    ridge_factor: float = 0.1
-    max_group_size: int | None = None
-    similarity_tokens: int = 8192
+    similarity: str = option(
+        "one-shot", "layer similarities of the dense model (one-shot, default) or re-measured after every merge on "
+        "the partly flattened model (iterative)", choices=SIMILARITY_MODES)
+    width_policy: str = option(
+        "uniform", "prune every flattened block back to the dense widths (uniform, default: a stock architecture), "
+        "or choose heads and channels by one ranking across blocks at the same parameter count (global: per-layer "
+        "widths)", choices=WIDTH_POLICIES)
+    prune: bool = option(True, "depth-only flattening: keep the wide blocks whole (fewer layers, same parameters)")
+    attn_compensation: bool = option(
+        True, "keep the original o_proj rows of the kept heads instead of a least-squares refit")
+    target: str = option(
+        "sequential", "fit each pruned block to its original layers' sequential output (default) or to the dense "
+        "model's hidden state, which also undoes earlier blocks' drift (one more pass)", choices=TARGETS)
+    ridge_factor: float = option(
+        0.1, "ridge lambda as a multiple of the mean eigenvalue of the activation Gram (default 0.1)")
+    max_group_size: int | None = option(
+        None, "most original layers flattened into one block (default: no limit)", type=int)
+    similarity_tokens: int = option(
+        8192, "calibration tokens used for the layer similarities and the global ranking (default 8192)")
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITY_MODES:
@@ -203,3 +215,28 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
                      method_params={"groups": groups, "group_reports": reports,
                                     "similarity_matrix": [[round(v, 5) for v in row] for row in similarity.tolist()]})
     return plan, states
+
+
+def _label(params: dict) -> str:
+    """The report's name of a FlattenGPT variant: the options that change what kind of model it is."""
+    label = "flattengpt"
+    if params.get("width_policy") == "global":
+        label += " (global widths)"
+    if params.get("prune") is False:
+        label += " (depth-only)"
+    if params.get("similarity") == "iterative":
+        label += " (iterative)"
+    return label
+
+
+register_method(MethodSpec(
+    name="flattengpt", config_class=FlattenGPTConfig, run=flattengpt, label=_label,
+    title="FlattenGPT", paper="[arXiv:2602.08858](https://arxiv.org/abs/2602.08858)",
+    summary="Adjacent layers whose inputs are most similar were flattened into one wide block (their attention heads "
+            "and MLP channels side by side, RMSNorm weights folded in), and each wide block was pruned back by key/value "
+            "groups (scored by the error they leave after a least-squares refit of o_proj) and by MLP channels (ridge "
+            "leverage scores, with a closed-form least-squares refit of down_proj).",
+    citation="@article{xu2026flattengpt,\n  title   = {Depth Compression for Transformer with Layer Flattening},\n"
+             "  author  = {Xu, Ruihan and Guo, Qingpei and Zhu, Yao and Ji, Xiangyang and Yang, Ming and Zhang, Shiliang},\n"
+             "  journal = {arXiv preprint arXiv:2602.08858},\n  year    = {2026}\n}",
+))

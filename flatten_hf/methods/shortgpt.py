@@ -15,6 +15,7 @@ from ..ops.layer_weights import LayerState
 from ..plan import MergePlan
 from ..similarity import block_influence
 from .common import layers_to_remove
+from .registry import MethodSpec, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -53,3 +54,15 @@ def shortgpt(model: PreTrainedModel, runner: LayerwiseRunner,
                        "block_influence": [round(s, 6) for s in scores]},
     )
     return plan, plan_weights(model, plan)
+
+
+register_method(MethodSpec(
+    name="shortgpt", config_class=ShortGPTConfig, run=shortgpt,
+    title="ShortGPT", paper="[arXiv:2403.03853](https://arxiv.org/abs/2403.03853)",
+    summary="The layers with the lowest Block Influence (one minus the cosine similarity of a layer's input and output "
+            "hidden states on calibration text) were removed; the remaining layers are unchanged.",
+    citation="@article{men2024shortgpt,\n  title   = {ShortGPT: Layers in Large Language Models are More Redundant Than "
+             "You Expect},\n  author  = {Men, Xin and Xu, Mingyu and Zhang, Qingyu and Wang, Bingning and Lin, Hongyu and "
+             "Lu, Yaojie and Han, Xianpei and Chen, Weipeng},\n  journal = {arXiv preprint arXiv:2403.03853},\n"
+             "  year    = {2024}\n}",
+))

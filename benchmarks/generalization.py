@@ -1,0 +1,109 @@
+"""Does a method win outside its calibration domain? The validation protocol behind issue 18's choices.
+
+For each variant (a JSON object: `method`, optional `calib_source`, and the method's options), compress
+the model on `--calib-samples` x 512 tokens of that source and measure, in bfloat16:
+
+- perplexity on the first `--windows` 512-token windows of the Wikipedia evaluation part (the default
+  calibration domain) and of the LAMBADA fiction evaluation part (never used for calibration);
+- lm-eval zero-shot accuracy on the first `--limit` documents of each of the five tasks. With the
+  default 500 this is the first half or less of every task (PIQA 1838, HellaSwag 10042, WinoGrande
+  1267, ARC-e 2376, ARC-c 1172 documents): the *validation* half on which defaults are chosen. The
+  published numbers are the full tasks (`flatten-hf eval`), never this split alone.
+
+Results are appended to `--results` (JSON lines, one per variant), so an interrupted run resumes and
+variants can be added while it runs (the variants file is re-read after each one). Prints the table.
+
+Usage:
+    python benchmarks/generalization.py --variants benchmarks/variants.jsonl --results runs/gen.jsonl
+    python benchmarks/generalization.py --results runs/gen.jsonl --table   # print the table only
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import flatten_hf
+from flatten_hf.compression import CalibrationConfig, calibration_data
+from flatten_hf.data import evaluation_ids
+from flatten_hf.zeroshot import average, zero_shot
+
+
+def key_of(variant: dict) -> str:
+    return json.dumps(variant, sort_keys=True)
+
+
+def measure(model, tokenizer, windows: int, limit: int, texts: dict) -> dict:
+    model = copy.deepcopy(model).to(torch.bfloat16)  # never round the caller's fp32 weights
+    row = {f"ppl_{name}": flatten_hf.perplexity(model, ids, 512, batch_size=4, max_windows=windows)
+           for name, ids in texts.items()}
+    if limit:
+        scores, _ = zero_shot(model, tokenizer, limit=limit, batch_size=32)
+        row["tasks"] = {s.task: round(100 * s.headline, 2) for s in scores}
+        row["avg"], row["avg_stderr"] = (round(100 * v, 2) for v in average(scores))
+    return row
+
+
+def print_table(results: list[dict]) -> None:
+    print("| variant | layers | ppl wikipedia | ppl lambada | PIQA | HS | WG | ARC-e | ARC-c | avg (± se) | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        t = r.get("tasks", {})
+        cells = [t.get(k, "") for k in ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge")]
+        avg = f"{r['avg']:.2f} (± {r['avg_stderr']:.2f})" if "avg" in r else ""
+        print(f"| {r['key']} | {r['layers']} | {r['ppl_wikipedia']:.2f} | {r['ppl_lambada']:.2f} | "
+              + " | ".join(str(c) for c in cells) + f" | {avg} | {r['seconds']:.0f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="asset name or checkpoint (default smollm2-135m)")
+    p.add_argument("--variants", default=None, help="JSON lines, one variant per line")
+    p.add_argument("--results", required=True, help="JSON lines file the results are appended to")
+    p.add_argument("--calib-samples", type=int, default=64)
+    p.add_argument("--windows", type=int, default=64, help="perplexity windows of 512 tokens per text")
+    p.add_argument("--limit", type=int, default=500, help="documents per task (the validation half)")
+    p.add_argument("--table", action="store_true", help="print the table of --results and exit")
+    args = p.parse_args()
+    results_path = Path(args.results)
+    done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    if args.table:
+        print_table(done)
+        return
+    model, tokenizer = flatten_hf.load_model(args.model)
+    texts = {name: evaluation_ids(tokenizer, name) for name in ("wikipedia", "lambada")}
+    calibration: dict[str, torch.Tensor] = {}
+    while True:
+        finished = {r["key"] for r in done}
+        todo = [json.loads(line) for line in Path(args.variants).read_text().splitlines() if line.strip()]
+        todo = [v for v in todo if key_of(v) not in finished]
+        if not todo:
+            break
+        variant = dict(todo[0])
+        start = time.perf_counter()
+        method = variant.pop("method")
+        if method == "dense":
+            compressed = model
+        else:
+            source = variant.pop("calib_source", "wikipedia")
+            if source not in calibration:
+                calibration[source] = calibration_data(model, tokenizer,
+                                                       CalibrationConfig(source, args.calib_samples, 512))
+            compressed = flatten_hf.compress(model, method, calibration_ids=calibration[source], **variant)
+        row = {"key": key_of(todo[0]), "layers": compressed.config.num_hidden_layers,
+               **measure(compressed, tokenizer, args.windows, args.limit, texts),
+               "plan_groups": compressed.config.flatten["merge_plan"] if method != "dense" else None}
+        row["seconds"] = time.perf_counter() - start
+        done.append(row)
+        with open(results_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print_table(done)
+
+
+if __name__ == "__main__":
+    main()
