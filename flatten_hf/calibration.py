@@ -11,9 +11,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+
+@contextmanager
+def capture(module: nn.Module, what: str):
+    """Collect the input (`what="input"`) or output of `module` on each forward call."""
+    seen: list[torch.Tensor] = []
+    if what == "input":
+        handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    else:
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 class _StopForward(Exception):

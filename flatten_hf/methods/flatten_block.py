@@ -7,15 +7,13 @@ prefix). See `flatten_hf.methods.flattengpt` for the pipeline and the reasons be
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from ..architecture import head_dim_of, loaded_decoder_layer
 from ..assemble import layer_state, whole_layer
-from ..calibration import LayerwiseRunner, layer_type_of
+from ..calibration import LayerwiseRunner, capture, layer_type_of
 from ..ops.channel_selection import ridge_leverage_scores, top_k
 from ..ops.compensation import least_squares_refit, ridge_lambda
 from ..ops.folding import fold_norms
@@ -24,20 +22,6 @@ from ..ops.layer_weights import LayerState, concat, select
 from ..plan import SourceSlice
 
 logger = logging.getLogger(__name__)
-
-
-@contextmanager
-def _capture(module: nn.Module, what: str):
-    """Collect the input (`what="input"`) or output of `module` on each forward call."""
-    seen: list[torch.Tensor] = []
-    if what == "input":
-        handle = module.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
-    else:
-        handle = module.register_forward_hook(lambda m, args, out: seen.append(out))
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 def _out(result) -> torch.Tensor:
@@ -115,7 +99,7 @@ class GroupFlattener:
             h = self._run_members(x, kw)[0]
             outputs.append(h)
             update += ((h - x).float() ** 2).sum().item()
-            with _capture(self.wide.self_attn.o_proj, "input") as z:
+            with capture(self.wide.self_attn.o_proj, "input") as z:
                 attn = _out(self.wide.self_attn(self.wide.input_layernorm(x), **kw))
             kv_energy = kv_energy + (_tokens(z[0]) ** 2).sum(0) * o_rows
             u = self.wide.post_attention_layernorm(x + attn)
@@ -136,7 +120,7 @@ class GroupFlattener:
             targets.append(h)
             self.first_member_outputs.append(first)
             t = _tokens(attention) - b_o
-            with _capture(self.wide.self_attn.o_proj, "input") as z:
+            with capture(self.wide.self_attn.o_proj, "input") as z:
                 self.wide.self_attn(self.wide.input_layernorm(x), **kw)
             z = _tokens(z[0])
             gram, cross = _add_gram(gram, z, z), _add_gram(cross, z, t)
