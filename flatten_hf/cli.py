@@ -38,8 +38,10 @@ DTYPES = ("float32", "bfloat16", "float16")  # the dtypes a model can be loaded 
 def _add_calibration_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration data")
     g.add_argument("--calib-source", default="wikipedia",
-                   help="'wikipedia' (offline default), 'wikitext2', 'wikitext2:/folder/with/wiki.*.raw', "
-                        "or a local text file; calibration and evaluation parts never overlap")
+                   help="'wikipedia' (offline default), 'lambada' (fiction), 'wikitext2', "
+                        "'wikitext2:/folder/with/wiki.*.raw', a local text file, 'self' (sequences sampled from "
+                        "the model itself: data-free), or a mixture in equal shares joined by '+', e.g. "
+                        "'wikipedia+self'; calibration and evaluation parts of a text never overlap")
     g.add_argument("--calib-samples", type=int, default=128, help="number of calibration sequences (default 128)")
     g.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
     g.add_argument("--batch-size", type=int, default=8, help="sequences per forward call (default 8)")
