@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-windows", type=int, default=None,
                     help="perplexity on the first N windows only: quick runs, say so next to the numbers")
     ev.add_argument("--source", default="wikipedia", help="perplexity text, as --calib-source of `compress`")
+    ev.add_argument("--other-source", default="lambada",
+                    help="also the perplexity on this second text domain, one that the model was not calibrated on "
+                         "(default lambada: fiction; 'none' to skip)")
     ev.add_argument("--task-source", default="offline", choices=["offline", "hub"],
                     help="offline task files (default) or lm-eval's stock Hub datasets (needs network)")
     ev.add_argument("--batch-size", type=int, default=16, help="lm-eval requests per forward pass (default 16)")
@@ -455,11 +458,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         model, tokenizer = load_model(name, args.dtype, args.device)
         results.append(evaluate(model, tokenizer, name=name or "smollm2-135m", ppl=ppl, tasks=tasks, limit=args.limit,
                                 seq_len=args.seq_len, source=args.source, batch_size=args.batch_size,
-                                task_source=args.task_source, max_windows=args.max_windows, cache=cache))
+                                task_source=args.task_source, max_windows=args.max_windows, cache=cache,
+                                other_source=None if args.other_source == "none" else args.other_source))
         del model
     windows = f", first {args.max_windows} windows" if args.max_windows else ""
     settings = {"perplexity": f"{args.source} evaluation part, seq_len {results[0].perplexity_seq_len}{windows}"
                 if ppl else "off",
+                **({"other_perplexity": f"{args.other_source} evaluation part"}
+                   if ppl and args.other_source not in ("none", args.source)
+                   else {}),
                 "tasks": ",".join(tasks) or "none", "limit": args.limit or "none (full tasks)",
                 "dtype": args.dtype}
     print(", ".join(f"{k}: {v}" for k, v in settings.items()))

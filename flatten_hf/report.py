@@ -75,7 +75,9 @@ def merge_results(paths: Sequence[str | Path]) -> tuple[dict, list]:
 def quality_table(rows: list[Row]) -> str:
     dense = next((r.result for r in rows if r.method == "dense"), None)
     tasks = [t.task for t in rows[0].result.tasks] if rows[0].result.tasks else []
-    head = ["model", "method", "ratio", "layers", "params (M)", "perplexity"] + [TASK_LABELS.get(t, t) for t in tasks]
+    other = next((r.result.other_perplexity_source for r in rows if r.result.other_perplexity is not None), None)
+    head = ["model", "method", "ratio", "layers", "params (M)", "perplexity"] + ([f"ppl ({other})"] if other else [])
+    head += [TASK_LABELS.get(t, t) for t in tasks]
     if tasks:
         head += ["avg (± se)", "avg retained"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -83,6 +85,8 @@ def quality_table(rows: list[Row]) -> str:
         r = row.result
         cells = [display_name(r.name), row.method, f"{row.ratio:.2f}", str(r.layers), f"{r.parameters / 1e6:.1f}",
                  f"{r.perplexity:.2f}" if r.perplexity is not None else "-"]
+        if other:
+            cells.append(f"{r.other_perplexity:.2f}" if r.other_perplexity is not None else "-")
         cells += [f"{100 * t.headline:.1f}" for t in r.tasks]
         if tasks:
             retained = (f"{100 * r.zero_shot_average / dense.zero_shot_average:.1f}%"

@@ -53,9 +53,11 @@ def test_request_cache_resumes_zero_shot_with_identical_scores(smollm2, tmp_path
 def test_eval_and_bench_commands_write_json_for_the_report(smollm2, tmp_path):
     eval_json, bench_json = tmp_path / "eval.json", tmp_path / "bench.json"
     assert main(["eval", "smollm2-135m", "--ppl", "--tasks", "arc_challenge", "--limit", "8", "--seq-len", "1024",
-                 "--json", str(eval_json)]) == 0
+                 "--max-windows", "16", "--json", str(eval_json)]) == 0
     result = json.loads(eval_json.read_text())["models"][0]
     assert 5 < result["perplexity"] < 40 and result["perplexity_seq_len"] == 1024
+    # the second text domain (fiction), never used for calibration, is measured the same way
+    assert result["other_perplexity_source"] == "lambada" and 5 < result["other_perplexity"] < 80
     assert result["tasks"][0]["task"] == "arc_challenge" and result["limit"] == 8
     assert main(["bench", "smollm2-135m", "--repeats", "1", "--rounds", "2", "--seq-lens", "64", "--batches", "2",
                  "--new-tokens", "4", "--json", str(bench_json)]) == 0
@@ -64,4 +66,5 @@ def test_eval_and_bench_commands_write_json_for_the_report(smollm2, tmp_path):
     assert speed["layers"] == 30 and speed["prefill_ms"]["64"]["median"] > 0 and speed["peak_memory_mb"] > 100
     assert speed["file_bytes"] > 500e6  # fp32 SmolLM2-135M on disk
     assert main(["report", "--eval", str(eval_json), "--bench", str(bench_json), "--out", str(tmp_path / "r")]) == 0
-    assert "| smollm2-135m | dense |" in (tmp_path / "r" / "report.md").read_text()
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| smollm2-135m | dense |" in report and "ppl (lambada)" in report
