@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--calib-samples", type=int, default=64)
     p.add_argument("--windows", type=int, default=64, help="perplexity windows of 512 tokens per text")
     p.add_argument("--limit", type=int, default=500, help="documents per task (the validation half)")
+    p.add_argument("--save-dir", default=None,
+                   help="also save each compressed model to SAVE_DIR/<n> (e.g. for a full `flatten-hf eval` later)")
     p.add_argument("--table", action="store_true", help="print the table of --results and exit")
     args = p.parse_args()
     results_path = Path(args.results)
@@ -94,6 +96,8 @@ def main() -> None:
                 calibration[source] = calibration_data(model, tokenizer,
                                                        CalibrationConfig(source, args.calib_samples, 512))
             compressed = flatten_hf.compress(model, method, calibration_ids=calibration[source], **variant)
+        if args.save_dir and method != "dense":
+            flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer)
         row = {"key": key_of(todo[0]), "layers": compressed.config.num_hidden_layers,
                **measure(compressed, tokenizer, args.windows, args.limit, texts),
                "plan_groups": compressed.config.flatten["merge_plan"] if method != "dense" else None}

@@ -412,7 +412,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     plan = MergePlan.from_dict(plan_dict)
     print(f"method: {plan.method}   base model: {plan.base_model} ({plan.base_model_type})   "
           f"layers: {plan.source_num_hidden_layers} -> {len(plan.layers)}")
-    params = {k: v for k, v in plan.method_params.items() if k != "block_influence"}
+    params = {k: v for k, v in plan.method_params.items() if k not in ("block_influence", "block_distances")}
     print(textwrap.fill(f"parameters: {params}", width=100, subsequent_indent="  "))
     print("| new layer | original layers | query heads | kv heads | MLP channels |")
     print("|-----------|-----------------|-------------|----------|--------------|")

@@ -14,8 +14,8 @@ from .architecture import architecture_of
 from .assemble import assemble
 from .calibration import LayerwiseRunner
 from .data import calibration_ids as make_calibration_ids
-from .sampling import SELF_SOURCE, sample_ids
 from .methods import METHODS, get_method
+from .sampling import SELF_SOURCE, sample_ids
 
 logger = logging.getLogger(__name__)
 

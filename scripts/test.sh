@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The full test suite from a fresh clone: set up, fetch the offline assets, run every test (slow
+# The full test suite from a fresh clone: set up, lint (ruff), fetch the offline assets, run every test (slow
 # real-model tests included). Pass pytest arguments through, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+.venv/bin/ruff check flatten_hf modeling tests benchmarks
 .venv/bin/flatten-hf -q assets fetch
 .venv/bin/python -m pytest "$@"

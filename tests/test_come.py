@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from flatten_hf import CoMeConfig, compress
+from flatten_hf.architecture import new_decoder_layer
 from flatten_hf.calibration import LayerwiseRunner
 from flatten_hf.methods.come import measure_layer, merged_state, select_pair_sources
 from flatten_hf.ops.head_selection import query_heads
 from flatten_hf.ops.share_allocation import distribute_and_round, influence_shares
 from flatten_hf.plan import SourceSlice
-from flatten_hf.architecture import new_decoder_layer
 
 from .tiny import tiny_model
 

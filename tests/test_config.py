@@ -1,9 +1,9 @@
 """FlattenConfig: per-layer fields, merge-plan consistency, clear errors on bad input."""
 
 import pytest
+from flatten_hf.modeling.configuration_flatten import decode_indices, encode_indices
 
 from flatten_hf import FlattenLlamaConfig, FlattenQwen2Config, MergePlan, SourceSlice
-from flatten_hf.modeling.configuration_flatten import decode_indices, encode_indices
 
 DENSE = dict(vocab_size=96, hidden_size=64, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16)

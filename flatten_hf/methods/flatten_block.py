@@ -7,6 +7,7 @@ prefix). See `flatten_hf.methods.flattengpt` for the pipeline and the reasons be
 from __future__ import annotations
 
 import logging
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
