@@ -131,6 +131,18 @@ class LayerwiseRunner:
         sub.hidden, sub.layer_kwargs = self.hidden[:n], self.layer_kwargs[:n]
         return sub
 
+    def split(self, fraction: float) -> tuple["LayerwiseRunner", "LayerwiseRunner | None"]:
+        """Runners over the first batches and over the last `fraction` of them (None when that is no
+        whole batch, or would leave none to fit on): fit on one, judge on data the fit never saw."""
+        held = int(len(self.hidden) * fraction)
+        if held == 0 or held == len(self.hidden):
+            return self, None
+        first, last = copy.copy(self), copy.copy(self)
+        cut = len(self.hidden) - held
+        first.hidden, first.layer_kwargs = self.hidden[:cut], self.layer_kwargs[:cut]
+        last.hidden, last.layer_kwargs = self.hidden[cut:], self.layer_kwargs[cut:]
+        return first, last
+
     def with_hidden(self, hidden: list[torch.Tensor]) -> "LayerwiseRunner":
         """A runner over the same batches whose current inputs are `hidden`."""
         other = copy.copy(self)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flatten_hf import FlattenGPTConfig, compress
+from flatten_hf import CalibrationConfig, FlattenGPTConfig, compress
 from flatten_hf.architecture import ARCHITECTURES
 from flatten_hf.calibration import LayerwiseRunner, layer_type_of
 from flatten_hf.methods.flatten_block import compress_group
@@ -116,3 +116,22 @@ def test_bfloat16_weights_compress_to_bfloat16(arch):
     x = ids[:1]
     rounding = (half_model(x).logits.float() - model(x).logits).abs().mean()
     assert (half(x).logits.float() - reference(x).logits).abs().mean() < 4 * rounding
+
+
+def test_split_runner_holds_out_the_last_batches():
+    model = tiny_model("llama")
+    runner = LayerwiseRunner(model, torch.randint(3, 90, (16, 8)), batch_size=4)
+    fit, held = runner.split(0.25)
+    assert (len(fit.hidden), len(held.hidden)) == (3, 1) and held.hidden[0] is runner.hidden[3]
+    assert runner.split(0.1) == (runner, None)  # less than one batch: nothing held out
+
+
+def test_holdout_judges_the_candidates_on_unseen_batches(arch):
+    model = tiny_model(arch)
+    ids = torch.randint(3, 90, (16, 16), generator=torch.Generator().manual_seed(0))
+    out = compress(model, "flattengpt", calibration_ids=ids, calibration=CalibrationConfig(batch_size=4),
+                   num_layers=1, holdout_fraction=0.25)
+    (report,) = out.config.flatten["method_params"]["group_reports"]
+    assert report["judged_on"] == "held-out" and report["choice"] in report["rel_errors"]
+    assert report["rel_errors"][report["choice"]] == min(report["rel_errors"].values())
+    assert out.config.num_hidden_layers == 3

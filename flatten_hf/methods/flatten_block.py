@@ -197,31 +197,47 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
                    ) -> tuple[list[SourceSlice], LayerState, list[torch.Tensor], dict]:
     """Flatten one group and prune it to `widths` = (key/value groups, MLP channels), or keep it wide
     (`widths=None`). A pruned block competes with "keep one member whole" (when that fits in the same
-    parameter budget); whichever is closest to the target (default: the group's sequential output) on
-    the calibration data wins.
+    parameter budget); whichever is closest to the target (default: the group's sequential output) wins.
+
+    With `config.holdout_fraction` > 0 the last batches are held out: the block is fitted on the others
+    and the candidates are judged on the held-out ones, so that the refit cannot win by fitting the
+    very tokens it is judged on. Either way the returned outputs cover every batch.
     """
     cfg = model.config
-    flattener = GroupFlattener(model, runner, group, config)
     if widths is None:
+        flattener = GroupFlattener(model, runner, group, config)
         sources = [whole_layer(cfg, i) for i in group]
         outputs = runner.run(flattener.wide, flattener.layer_type)
         return sources, flattener.wide_state, outputs, {"choice": "wide"}
-    sources, state, targets, report = flattener.pruned(*widths, targets=targets)
+    fit, held = runner.split(getattr(config, "holdout_fraction", 0.0))
+    n_fit = len(fit.hidden)
+    flattener = GroupFlattener(model, fit, group, config)
+    sources, state, fit_targets, report = flattener.pruned(*widths, targets=None if targets is None else targets[:n_fit])
     candidates = [("flattened", sources, state)]
     if flattener.params(*widths) >= flattener.params(cfg.num_key_value_heads, cfg.intermediate_size):
         candidates += [(f"keep layer {i}", [whole_layer(cfg, i)], layer_state(model, i)) for i in group]
-    best = None
-    target_sq = sum((t.float() ** 2).sum().item() for t in targets)
-    errors = {}
+    if held is None:
+        judge, judge_targets = fit, fit_targets
+    else:
+        judge = held
+        judge_targets = targets[n_fit:] if targets is not None else [
+            flattener._run_members(x, flattener._kwargs(kw))[0] for x, kw in held.iter_batches()]
+    target_sq = sum((t.float() ** 2).sum().item() for t in judge_targets)
+    best, errors = None, {}
     for name, srcs, st in candidates:
-        if name == f"keep layer {group[0]}":
-            outputs = flattener.first_member_outputs
+        sizes = (sum(len(getattr(s, f)) for s in srcs) for f in ("q_heads", "kv_heads", "mlp_channels"))
+        layer = flattener._layer(st, *sizes)
+        if held is None and name == f"keep layer {group[0]}":
+            outputs = flattener.first_member_outputs  # already computed on the fit batches
         else:
-            sizes = (sum(len(getattr(s, f)) for s in srcs) for f in ("q_heads", "kv_heads", "mlp_channels"))
-            outputs = runner.run(flattener._layer(st, *sizes), flattener.layer_type)
-        errors[name] = _block_error(outputs, targets) / target_sq
+            outputs = judge.run(layer, flattener.layer_type)
+        errors[name] = _block_error(outputs, judge_targets) / target_sq
         if best is None or errors[name] < errors[best[0]]:
-            best = (name, srcs, st, outputs)
-    report.update(choice=best[0], widths=list(widths), rel_errors={k: round(v, 8) for k, v in errors.items()})
-    logger.info("group %s: %s (relative errors %s)", group, best[0], report["rel_errors"])
-    return best[1], best[2], best[3], report
+            best = (name, srcs, st, outputs, layer)
+    name, srcs, st, outputs, layer = best
+    if held is not None:
+        outputs = runner.run(layer, flattener.layer_type)
+    report.update(choice=name, widths=list(widths), rel_errors={k: round(v, 8) for k, v in errors.items()},
+                  judged_on="held-out" if held is not None else "calibration")
+    logger.info("group %s: %s (relative errors %s)", group, name, report["rel_errors"])
+    return srcs, st, outputs, report

@@ -71,6 +71,8 @@ class FlattenGPTConfig:
         ridge_factor: lambda of the ridge leverage scores and of the refits, as a multiple of the
             mean eigenvalue of the Gram matrix being inverted.
         max_group_size: largest number of original layers in one flattened block (None: no limit).
+        holdout_fraction: the last batches held out of each block's refit; the candidates (the refit
+            block, "keep one member whole") are compared on them instead of on the fitted tokens.
         similarity_tokens: calibration tokens used for similarities and the global ranking. 8192 by
             default: on SmolLM2 the groups at ratios 0.1/0.2/0.3 are identical from 4096, 8192 and
             16384 tokens, and each halving saves a quarter of a dense forward pass of compute.
@@ -97,6 +99,9 @@ class FlattenGPTConfig:
         None, "most original layers flattened into one block (default: no limit)", type=int)
     similarity_tokens: int = option(
         8192, "calibration tokens used for the layer similarities and the global ranking (default 8192)")
+    holdout_fraction: float = option(
+        0.0, "fraction of the calibration batches held out of each block's refit, on which the refit block and "
+             "'keep one member whole' are compared (default 0: compared on the fitted tokens)")
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITY_MODES:
@@ -105,6 +110,8 @@ class FlattenGPTConfig:
             raise ValueError(f"width_policy must be one of {WIDTH_POLICIES}, got {self.width_policy!r}.")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}.")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}.")
 
 
 def _block(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config, cache: dict):
