@@ -82,7 +82,8 @@ def test_a_block_that_is_an_exact_linear_map_is_replaced_exactly(arch, estimator
     out = compress(model, "replaceme", calibration_ids=ids(), num_layers=1, estimator=estimator)
     plan = out.config.flatten
     assert type(out).__name__ == type(model).__name__  # stock architecture, no added parameters
-    assert plan["merge_plan"] == [[0], [1], [3]]
+    assert plan["merge_plan"] == [[0], [1, 2], [3]]  # layer 2 is absorbed by layer 1, which holds its map
+    assert plan["layers"][1]["sources"][1] == {"layer": 2, "q_heads": "", "kv_heads": "", "mlp_channels": ""}
     assert plan["method_params"]["removed_blocks"] == [[2, 3]] and plan["method_params"]["folded_into"] == [1]
     assert plan["method_params"]["fits"][0]["removal_rel_error"] == pytest.approx(0.0, abs=1e-12)
     assert plan["method_params"]["fits"][0]["fit_rel_error"] == pytest.approx(0.0, abs=1e-6)
@@ -100,3 +101,16 @@ def test_the_map_beats_plain_removal_on_calibration_data(arch):
     assert all(fit["fit_rel_error"] < fit["removal_rel_error"] for fit in params["fits"])
     removed = [i for a, b in params["removed_blocks"] for i in range(a, b)]
     assert sorted(removed + [g[0] for g in out.config.flatten["merge_plan"]]) == [0, 1, 2, 3]
+    assert sum(out.config.flatten["merge_plan"], []) == [0, 1, 2, 3]  # every original layer is accounted for
+
+
+def test_recovery_distils_the_folded_layer_toward_the_state_after_the_block():
+    from flatten_hf.distillation import changed_layers, teacher_layers
+    from flatten_hf.recovery import plan_of
+
+    model = tiny_model("llama", intermediate_size=128, num_hidden_layers=6)
+    out = compress(model, "replaceme", calibration_ids=ids(), num_layers=2)
+    plan = plan_of(out.config)
+    (start, end), = out.config.flatten["method_params"]["removed_blocks"]
+    k = [g[0] for g in plan.groups].index(start - 1)
+    assert teacher_layers(plan)[k] == end - 1 and k in changed_layers(plan, model.config)

@@ -9,7 +9,10 @@ down projection before the cut. Training-free, and the result is a stock archite
 2. **The map** (`ops/linear_replacement.py`): from the MLP output M and the pre-MLP residual r of the
    layer before the cut and the hidden state Y after the block, by least squares (`lstsq`) or by the
    cosine objective (`cosine`).
-3. **The fold**: the map goes into that layer's down_proj; the removed layers are simply gone.
+3. **The fold**: the map goes into that layer's down_proj; the removed layers are gone. In the plan
+   they are empty sources (no head, no channel) of the layer that absorbed them, so the plan's groups
+   say which original layers each new layer stands for (`[[0], ..., [i, i+1, ..., j], ...]`): the
+   card shows it, and recovery distils that layer toward the teacher's state after the block.
 
 Where we depart from the public code, and why: the maps are estimated on the layer-wise runner, so
 with several blocks each map is fitted on the already-compressed prefix (the code fits all of them
@@ -31,7 +34,7 @@ from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, capture, layer_type_of
 from ..ops.layer_weights import LayerState
 from ..ops.linear_replacement import cosine_map, fold_into_down_proj, lstsq_map
-from ..plan import MergePlan
+from ..plan import MergePlan, SourceSlice
 from ..similarity import last_token_angular_distance
 from .common import layers_to_remove
 from .registry import MethodSpec, option, register_method
@@ -178,7 +181,8 @@ def replaceme(model: PreTrainedModel, runner: LayerwiseRunner,
                 step = cuts[i] - i
             else:
                 outputs, state, step = runner.run(model.model.layers[i], layer_type_of(cfg, i)), layer_state(model, i), 1
-            layers.append([whole_layer(cfg, i)])
+            absorbed = [SourceSlice(j, [], [], []) for j in range(i + 1, i + step)]
+            layers.append([whole_layer(cfg, i), *absorbed])
             layer_states.append(state)
             runner.advance(outputs)
             i += step
