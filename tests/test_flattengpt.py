@@ -135,3 +135,39 @@ def test_holdout_judges_the_candidates_on_unseen_batches(arch):
     assert report["judged_on"] == "held-out" and report["choice"] in report["rel_errors"]
     assert report["rel_errors"][report["choice"]] == min(report["rel_errors"].values())
     assert out.config.num_hidden_layers == 3
+
+
+def _runner_at_layer_1(model, ids):
+    runner = LayerwiseRunner(model, ids, batch_size=4)
+    runner.advance(runner.run(model.model.layers[0]))
+    return runner
+
+
+def test_the_map_candidate_reproduces_a_group_that_is_a_linear_map(arch):
+    """Layer 2 writes nothing into the residual stream: for the group [1, 2], "layer 1 + linear map" (here the
+    identity) reproduces the group exactly on the held-out batches, and its plan entry absorbs layer 2."""
+    model = tiny_model(arch, intermediate_size=128)
+    with torch.no_grad():
+        model.model.layers[2].self_attn.o_proj.weight.zero_()
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+        if arch == "qwen2":
+            model.model.layers[2].self_attn.o_proj.bias = None
+    runner = _runner_at_layer_1(model, torch.randint(3, 90, (16, 16), generator=torch.Generator().manual_seed(0)))
+    config = FlattenGPTConfig(num_layers=1, map_candidate=True, holdout_fraction=0.25)
+    sources, _, outputs, report = compress_group(model, runner, [1, 2], config, (2, 128))
+    assert report["judged_on"] == "held-out"
+    assert report["rel_errors"]["layer 1 + linear map"] < 1e-10 < report["rel_errors"]["flattened"]
+    expected = runner.run(model.model.layers[2], inputs=runner.run(model.model.layers[1]))
+    assert all(torch.allclose(o, e, atol=1e-5) for o, e in zip(outputs, expected))
+    _, _, _, mapped_report = compress_group(model, runner, [1, 2], FlattenGPTConfig(num_layers=1, map_candidate=True),
+                                            (2, 128))
+    assert mapped_report["choice"] in ("keep layer 1", "layer 1 + linear map")  # both exact here: a tie
+
+
+def test_the_map_candidate_is_never_worse_than_keeping_the_first_layer_on_its_fit(arch):
+    model = tiny_model(arch, intermediate_size=128)
+    runner = _runner_at_layer_1(model, torch.randint(3, 90, (16, 16), generator=torch.Generator().manual_seed(0)))
+    _, _, _, report = compress_group(model, runner, [1, 2], FlattenGPTConfig(num_layers=1, map_candidate=True),
+                                     (2, 128))
+    errors = report["rel_errors"]
+    assert errors["layer 1 + linear map"] < errors["keep layer 1"]

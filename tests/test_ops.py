@@ -64,3 +64,11 @@ def test_wide_layer_equals_sum_of_member_branches(arch):
     wide_layer = new_decoder_layer(model.config, 0, 8, 4, 96)
     wide_layer.load_state_dict(wide)
     torch.testing.assert_close(wide_layer(x, **kwargs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_refit_on_vanishing_inputs_keeps_the_original_weights():
+    from flatten_hf.ops.compensation import least_squares_refit
+
+    w = torch.randn(6, 3, dtype=torch.float64)
+    refit = least_squares_refit(torch.zeros(6, 6), torch.zeros(6, 3), w, 0.0)
+    assert torch.allclose(refit, w, atol=1e-9)

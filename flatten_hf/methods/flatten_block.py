@@ -21,6 +21,7 @@ from ..ops.folding import fold_norms
 from ..ops.head_selection import query_heads, select_kv_groups
 from ..ops.layer_weights import LayerState, concat, select
 from ..plan import SourceSlice
+from .replaceme import ReplaceMeConfig, absorbing_layer, fit_block
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +217,9 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
     candidates = [("flattened", sources, state)]
     if flattener.params(*widths) >= flattener.params(cfg.num_key_value_heads, cfg.intermediate_size):
         candidates += [(f"keep layer {i}", [whole_layer(cfg, i)], layer_state(model, i)) for i in group]
+        if getattr(config, "map_candidate", False):
+            mapped, _, _ = fit_block(model, fit, group[0], group[-1] + 1, ReplaceMeConfig())
+            candidates.append((f"layer {group[0]} + linear map", absorbing_layer(cfg, group[0], group[-1] + 1), mapped))
     if held is None:
         judge, judge_targets = fit, fit_targets
     else:

@@ -71,6 +71,8 @@ class FlattenGPTConfig:
         ridge_factor: lambda of the ridge leverage scores and of the refits, as a multiple of the
             mean eigenvalue of the Gram matrix being inverted.
         max_group_size: largest number of original layers in one flattened block (None: no limit).
+        map_candidate: one more candidate per group: its first layer with a least-squares linear map
+            standing in for the others, folded into its down projection (ReplaceMe's replacement).
         holdout_fraction: the last batches held out of each block's refit; the candidates (the refit
             block, "keep one member whole") are compared on them instead of on the fitted tokens.
         similarity_tokens: calibration tokens used for similarities and the global ranking. 8192 by
@@ -99,6 +101,9 @@ class FlattenGPTConfig:
         None, "most original layers flattened into one block (default: no limit)", type=int)
     similarity_tokens: int = option(
         8192, "calibration tokens used for the layer similarities and the global ranking (default 8192)")
+    map_candidate: bool = option(
+        False, "let each group also compete with keeping its first layer plus one least-squares linear map for the "
+               "others, folded into that layer's down projection (ReplaceMe's replacement, per group)")
     holdout_fraction: float = option(
         0.0, "fraction of the calibration batches held out of each block's refit, on which the refit block and "
              "'keep one member whole' are compared (default 0: compared on the fitted tokens)")

@@ -117,9 +117,12 @@ def _last_token_states(model: PreTrainedModel, runner: LayerwiseRunner) -> list[
 
 
 @torch.no_grad()
-def _fit_block(model: PreTrainedModel, runner: LayerwiseRunner, cut: int, end: int, config: ReplaceMeConfig
-               ) -> tuple[LayerState, list[torch.Tensor], dict]:
-    """Layer `cut` with the map for the removed layers cut+1..end-1 folded in, its outputs, and a report."""
+def fit_block(model: PreTrainedModel, runner: LayerwiseRunner, cut: int, end: int, config: ReplaceMeConfig
+              ) -> tuple[LayerState, list[torch.Tensor], dict]:
+    """Layer `cut` with the map for the removed layers cut+1..end-1 folded in, its outputs, and a report.
+
+    `runner` holds the inputs of layer `cut`. FlattenGPT uses this too, as one candidate for a group.
+    """
     cfg = model.config
     layer = model.model.layers[cut]
     with capture(layer.mlp, "output") as mlp_outputs:
@@ -151,6 +154,11 @@ def _fit_block(model: PreTrainedModel, runner: LayerwiseRunner, cut: int, end: i
     return state, new_outputs, report
 
 
+def absorbing_layer(config, cut: int, end: int) -> list[SourceSlice]:
+    """The plan entry of layer `cut` holding the map of layers cut+1..end-1: those as empty sources."""
+    return [whole_layer(config, cut), *(SourceSlice(j, [], [], []) for j in range(cut + 1, end))]
+
+
 def replaceme(model: PreTrainedModel, runner: LayerwiseRunner,
               config: ReplaceMeConfig) -> tuple[MergePlan, list[LayerState]]:
     """Plan and weights of the model with its closest block(s) replaced by folded linear maps."""
@@ -176,13 +184,12 @@ def replaceme(model: PreTrainedModel, runner: LayerwiseRunner,
     with tqdm(total=n_layers, desc="replaceme: fit and fold", unit="layer") as bar:
         while i < n_layers:
             if i in cuts:
-                state, outputs, report = _fit_block(model, runner, i, cuts[i], config)
+                state, outputs, report = fit_block(model, runner, i, cuts[i], config)
                 reports.append(report)
                 step = cuts[i] - i
             else:
                 outputs, state, step = runner.run(model.model.layers[i], layer_type_of(cfg, i)), layer_state(model, i), 1
-            absorbed = [SourceSlice(j, [], [], []) for j in range(i + 1, i + step)]
-            layers.append([whole_layer(cfg, i), *absorbed])
+            layers.append(absorbing_layer(cfg, i, i + step))
             layer_states.append(state)
             runner.advance(outputs)
             i += step

@@ -28,8 +28,13 @@ def least_squares_refit(gram_ss: torch.Tensor, cross_s: torch.Tensor, w_s: torch
     a = gram_ss.double() + lam * torch.eye(gram_ss.shape[0], dtype=torch.float64, device=gram_ss.device)
     b = cross_s.double() + lam * w_s.double()
     factor, info = torch.linalg.cholesky_ex(a)
-    if info.item() != 0:  # numerically indefinite: add a little more ridge and retry once
-        a += (1e-6 * torch.trace(a) / a.shape[0]) * torch.eye(a.shape[0], dtype=torch.float64, device=a.device)
+    if info.item() != 0:
+        # Numerically indefinite (or all zero, e.g. a projection whose inputs vanish): add a little more
+        # ridge toward w_s, on both sides so that it stays a ridge toward w_s, and retry once. A zero
+        # Gram matrix then gives w_s itself, the only answer the data does not contradict.
+        eps = 1e-6 * max((torch.trace(a) / a.shape[0]).item(), 1e-12)
+        a += eps * torch.eye(a.shape[0], dtype=torch.float64, device=a.device)
+        b += eps * w_s.double()
         factor = torch.linalg.cholesky(a)
     return torch.cholesky_solve(b, factor)
 
