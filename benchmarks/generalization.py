@@ -92,9 +92,12 @@ def main() -> None:
             compressed = model
         else:
             source = variant.pop("calib_source", "wikipedia")
-            if source not in calibration:
-                calibration[source] = calibration_data(model, tokenizer,
-                                                       CalibrationConfig(source, args.calib_samples, 512))
+            if source not in calibration:  # cached on disk: sampling from the model takes minutes on a CPU
+                cached = results_path.parent / f"calibration-{source}-{args.calib_samples}x512.pt"
+                if not cached.exists():
+                    torch.save(calibration_data(model, tokenizer, CalibrationConfig(source, args.calib_samples, 512)),
+                               cached)
+                calibration[source] = torch.load(cached)
             compressed = flatten_hf.compress(model, method, calibration_ids=calibration[source], **variant)
         if args.save_dir and method != "dense":
             flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer)

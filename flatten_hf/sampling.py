@@ -40,8 +40,13 @@ def _start_token(model: PreTrainedModel, tokenizer) -> int:
 
 @torch.no_grad()
 def sample_ids(model: PreTrainedModel, tokenizer, num_samples: int, seq_len: int, seed: int = 0,
-               batch_size: int = 16) -> torch.Tensor:
-    """`[num_samples, seq_len]` token ids sampled from `model` (see the module docstring)."""
+               batch_size: int = 64) -> torch.Tensor:
+    """`[num_samples, seq_len]` token ids sampled from `model` (see the module docstring).
+
+    Decoding is bound by reading the weights once per step, so a large batch costs little more per step
+    than a small one. The samples depend on the seed and on the batch size (the order in which the
+    random numbers are drawn).
+    """
     if num_samples < 1 or seq_len < 2:
         raise ValueError(f"Sampled calibration needs at least 1 sample of 2 tokens, got {num_samples} x {seq_len}.")
     start = _start_token(model, tokenizer)
