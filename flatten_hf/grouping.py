@@ -11,25 +11,41 @@ from __future__ import annotations
 
 import torch
 
+SIMILARITY_METRICS = ("cosine", "l2")
+
 
 class SimilarityAccumulator:
-    """Mean per-token cosine similarity between the inputs of every pair of layers.
+    """Similarity between the inputs of every pair of layers, from the same tokens.
 
-    Feed it the hidden states entering layer 0, 1, ... in order (the same tokens each time); memory
-    is one [tokens, hidden] float16 matrix of unit vectors per layer.
+    - ``cosine`` (the paper's): the mean per-token cosine similarity; blind to how much the residual
+      stream grows, so early layers, whose inputs are small, look as similar as middle ones.
+    - ``l2``: one minus the relative squared distance, 1 - sum_t ||x_i - x_j||^2 / sqrt(sum_t ||x_i||^2
+      sum_t ||x_j||^2): the error of standing in x_i for x_j relative to their size, which is what a
+      group's refit has to make up for.
+
+    Feed it the hidden states entering layer 0, 1, ... in order; memory is one [tokens, hidden]
+    float16 matrix per layer (unit vectors for cosine, the states themselves for l2).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metric: str = "cosine") -> None:
+        if metric not in SIMILARITY_METRICS:
+            raise ValueError(f"similarity metric must be one of {SIMILARITY_METRICS}, got {metric!r}.")
+        self.metric = metric
         self.states: list[torch.Tensor] = []
 
     def add(self, hidden: list[torch.Tensor]) -> None:
         flat = torch.cat([h.reshape(-1, h.shape[-1]) for h in hidden]).float()
-        self.states.append(torch.nn.functional.normalize(flat, dim=-1).half())
+        self.states.append((torch.nn.functional.normalize(flat, dim=-1) if self.metric == "cosine" else flat).half())
 
     def matrix(self) -> torch.Tensor:
-        """S = A A^T / T with A[i] the flattened unit vectors of layer i: one matmul for all pairs."""
+        """From G = A A^T with A[i] the flattened states of layer i: one matmul for all pairs."""
         a = torch.stack(self.states).flatten(1).float()
-        return (a @ a.T).double() / self.states[0].shape[0]
+        gram = (a @ a.T).double()
+        if self.metric == "cosine":
+            return gram / self.states[0].shape[0]
+        norms = gram.diagonal()
+        distance = norms[:, None] + norms[None, :] - 2 * gram
+        return 1 - distance / (norms[:, None] * norms[None, :]).sqrt()
 
 
 def merge_best_adjacent(groups: list[list[int]], score, max_group_size: int | None = None) -> list[list[int]]:

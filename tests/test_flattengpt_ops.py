@@ -117,3 +117,19 @@ def test_similarity_accumulator_is_mean_token_cosine():
     acc.add([b.float()])
     expected = torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item()
     assert acc.matrix()[0, 1].item() == pytest.approx(expected, abs=2e-3)  # states are stored in float16
+
+
+def test_l2_similarity_is_one_minus_the_relative_squared_distance():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 8, generator=gen)
+    states = [x, 2 * x, x + 0.1 * torch.randn(2, 5, 8, generator=gen)]
+    acc, cos = SimilarityAccumulator("l2"), SimilarityAccumulator("cosine")
+    for h in states:
+        acc.add([h])
+        cos.add([h])
+    s, c = acc.matrix(), cos.matrix()
+    expected = 1 - ((states[0] - states[2]) ** 2).sum() / ((states[0] ** 2).sum() * (states[2] ** 2).sum()).sqrt()
+    assert s[0, 2].item() == pytest.approx(expected.item(), abs=1e-3) and s[2, 0] == s[0, 2]
+    assert s[0, 0].item() == pytest.approx(1.0, abs=1e-6)
+    # doubling a state changes nothing for the cosine and a lot for l2: 1 - 1/2 = 0.5
+    assert c[0, 1].item() == pytest.approx(1.0, abs=1e-3) and s[0, 1].item() == pytest.approx(0.5, abs=1e-3)

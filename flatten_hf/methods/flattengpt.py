@@ -35,7 +35,7 @@ from transformers import PreTrainedModel
 
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, layer_type_of
-from ..grouping import SimilarityAccumulator, greedy_groups, merge_best_adjacent
+from ..grouping import SIMILARITY_METRICS, SimilarityAccumulator, greedy_groups, merge_best_adjacent
 from ..ops.layer_weights import LayerState
 from ..ops.width_allocation import allocate_widths
 from ..plan import MergePlan
@@ -59,6 +59,8 @@ class FlattenGPTConfig:
         ratio: or the fraction of decoder layers to remove.
         similarity: 'one-shot' (layer similarities of the dense model, the paper's greedy rule) or
             'iterative' (recomputed after every merge on the partly flattened model).
+        similarity_metric: 'cosine' (the paper's mean per-token cosine) or 'l2' (one minus the relative
+            squared distance, which also sees the residual stream grow); see `flatten_hf.grouping`.
         width_policy: 'uniform' (every flattened block pruned back to the dense widths: a stock
             architecture) or 'global' (kept heads and channels chosen by one ranking across all
             flattened blocks, at the same total parameter count: per-layer widths).
@@ -85,6 +87,10 @@ class FlattenGPTConfig:
     similarity: str = option(
         "one-shot", "layer similarities of the dense model (one-shot, default) or re-measured after every merge on "
         "the partly flattened model (iterative)", choices=SIMILARITY_MODES)
+    similarity_metric: str = option(
+        "cosine", "how alike two layers' inputs are: mean per-token cosine (cosine, default, the paper's) or one minus "
+                  "their relative squared distance (l2), which also sees the residual stream's growth",
+        choices=SIMILARITY_METRICS)
     width_policy: str = option(
         "uniform", "prune every flattened block back to the dense widths (uniform, default: a stock architecture), "
         "or choose heads and channels by one ranking across blocks at the same parameter count (global: per-layer "
@@ -129,9 +135,9 @@ def _block(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], co
 
 
 @torch.no_grad()
-def layer_similarity(model: PreTrainedModel, runner: LayerwiseRunner) -> torch.Tensor:
-    """S[i, j]: mean cosine similarity of the hidden states entering layers i and j of the dense model."""
-    acc = SimilarityAccumulator()
+def layer_similarity(model: PreTrainedModel, runner: LayerwiseRunner, metric: str = "cosine") -> torch.Tensor:
+    """S[i, j]: similarity of the hidden states entering layers i and j of the dense model (see `grouping`)."""
+    acc = SimilarityAccumulator(metric)
     hidden = runner.hidden
     for i, layer in enumerate(tqdm(model.model.layers, desc="flattengpt: layer similarity", unit="layer")):
         acc.add(hidden)
@@ -150,7 +156,7 @@ def iterative_groups(model: PreTrainedModel, runner: LayerwiseRunner, num_merges
     groups = [[i] for i in range(model.config.num_hidden_layers)]
     cache: dict = {}
     for _ in tqdm(range(num_merges), desc="flattengpt: iterative similarity", unit="merge"):
-        acc, hidden = SimilarityAccumulator(), runner.hidden
+        acc, hidden = SimilarityAccumulator(config.similarity_metric), runner.hidden
         for group in groups:
             acc.add(hidden)
             hidden = runner.run(_block(model, runner, group, config, cache), layer_type_of(model.config, group[0]),
@@ -194,7 +200,7 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
     n_merges = layers_to_remove(n_layers, config.num_layers, config.ratio)
     stats_runner = runner.head(config.similarity_tokens)
     if config.similarity == "one-shot":
-        similarity = layer_similarity(model, stats_runner)
+        similarity = layer_similarity(model, stats_runner, config.similarity_metric)
         groups = greedy_groups(similarity, n_merges, config.max_group_size)
     else:
         groups, similarity = iterative_groups(model, stats_runner, n_merges, config)
