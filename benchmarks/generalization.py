@@ -98,7 +98,9 @@ def main() -> None:
                     torch.save(calibration_data(model, tokenizer, CalibrationConfig(source, args.calib_samples, 512)),
                                cached)
                 calibration[source] = torch.load(cached)
-            compressed = flatten_hf.compress(model, method, calibration_ids=calibration[source], **variant)
+            # the config too, so that the plan records where the ids came from
+            compressed = flatten_hf.compress(model, method, calibration_ids=calibration[source],
+                                             calibration=CalibrationConfig(source, args.calib_samples, 512), **variant)
         if args.save_dir and method != "dense":
             flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer)
         row = {"key": key_of(todo[0]), "layers": compressed.config.num_hidden_layers,
