@@ -48,15 +48,15 @@ class EvalResult:
     perplexity_seq_len: int | None = None
     perplexity_source: str | None = None
     perplexity_windows: int | None = None  # None: the whole evaluation text
-    # perplexity on a second text domain, never used for calibration (same window length and count)
-    other_perplexity: float | None = None
-    other_perplexity_source: str | None = None
     tasks: list[TaskScore] = field(default_factory=list)
     zero_shot_average: float | None = None
     zero_shot_average_stderr: float | None = None
     limit: int | None = None
     seconds: float = 0.0
     plan: dict | None = None  # the checkpoint's merge plan, when it has one
+    # perplexity on a second text domain, never used for calibration (same window length and count)
+    other_perplexity: float | None = None
+    other_perplexity_source: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -155,3 +155,15 @@ def test_request_cache_prefix_changes_with_weights_and_dtype(tmp_path):
     assert request_cache_prefix(tmp_path / "cache", ckpt, "bfloat16") != first
     with pytest.raises(ValueError, match="safetensors"):
         request_cache_prefix(tmp_path / "cache", tmp_path / "missing", "bfloat16")
+
+
+def test_quality_table_shows_the_second_domain_when_measured():
+    from flatten_hf.evaluation import EvalResult
+    from flatten_hf.report import Row, quality_table
+
+    dense = EvalResult("dense", 6, 6000, perplexity=20.0, other_perplexity=40.5, other_perplexity_source="lambada")
+    short = EvalResult("short", 5, 5000, perplexity=30.0)
+    table = quality_table([Row(dense, "dense", 0.0), Row(short, "shortgpt", 0.2)])
+    assert "| perplexity | ppl (lambada) |" in table
+    assert "| 20.00 | 40.50 |" in table and "| 30.00 | - |" in table
+    assert "ppl (" not in quality_table([Row(short, "shortgpt", 0.2)])
