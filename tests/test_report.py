@@ -11,6 +11,7 @@ from transformers import LlamaConfig
 from flatten_hf.bench import SpeedResult, Timing, benchmark, merge_rounds, prefill_flops, speed_table
 from flatten_hf.cli import main
 from flatten_hf.evaluation import EvalResult
+from flatten_hf.report import Row, quality_table
 from flatten_hf.zeroshot import TASKS, TaskScore, average, offline_task_dir
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -158,9 +159,6 @@ def test_request_cache_prefix_changes_with_weights_and_dtype(tmp_path):
 
 
 def test_quality_table_shows_the_second_domain_when_measured():
-    from flatten_hf.evaluation import EvalResult
-    from flatten_hf.report import Row, quality_table
-
     dense = EvalResult("dense", 6, 6000, perplexity=20.0, other_perplexity=40.5, other_perplexity_source="lambada")
     short = EvalResult("short", 5, 5000, perplexity=30.0)
     table = quality_table([Row(dense, "dense", 0.0), Row(short, "shortgpt", 0.2)])
