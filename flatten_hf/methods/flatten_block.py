@@ -210,14 +210,14 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
         sources = [whole_layer(cfg, i) for i in group]
         outputs = runner.run(flattener.wide, flattener.layer_type)
         return sources, flattener.wide_state, outputs, {"choice": "wide"}
-    fit, held = runner.split(getattr(config, "holdout_fraction", 0.0))
+    fit, held = runner.split(config.holdout_fraction)
     n_fit = len(fit.hidden)
     flattener = GroupFlattener(model, fit, group, config)
     sources, state, fit_targets, report = flattener.pruned(*widths, targets=None if targets is None else targets[:n_fit])
     candidates = [("flattened", sources, state)]
     if flattener.params(*widths) >= flattener.params(cfg.num_key_value_heads, cfg.intermediate_size):
         candidates += [(f"keep layer {i}", [whole_layer(cfg, i)], layer_state(model, i)) for i in group]
-        if getattr(config, "map_candidate", False):
+        if config.map_candidate:
             mapped, _, _ = fit_block(model, fit, group[0], group[-1] + 1, ReplaceMeConfig())
             candidates.append((f"layer {group[0]} + linear map", absorbing_layer(cfg, group[0], group[-1] + 1), mapped))
     if held is None:
