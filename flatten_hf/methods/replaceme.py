@@ -53,7 +53,7 @@ class ReplaceMeConfig:
         ratio: or the fraction of decoder layers to remove.
         estimator: 'lstsq' (closed-form least squares) or 'cosine' (cosine distance, Adam).
         num_blocks: number of contiguous blocks the removed layers are split into (merged where adjacent).
-        ridge_factor: ridge of the lstsq estimator toward T = I, as a multiple of the mean eigenvalue of
+        lstsq_ridge: ridge of the lstsq estimator toward T = I, as a multiple of the mean eigenvalue of
             M^T M (ReplaceMe's default: 0).
         epochs: passes of Adam over the calibration tokens for the cosine estimator (ReplaceMe: 10).
         learning_rate: Adam's learning rate for the cosine estimator (ReplaceMe: 1e-4).

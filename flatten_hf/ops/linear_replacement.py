@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .compensation import least_squares_refit
+from .compensation import least_squares_refit, ridge_lambda
 
 
 def lstsq_map(gram: torch.Tensor, cross: torch.Tensor, ridge_factor: float = 0.0) -> torch.Tensor:
@@ -28,7 +28,7 @@ def lstsq_map(gram: torch.Tensor, cross: torch.Tensor, ridge_factor: float = 0.0
 
     `ridge_factor` scales lam by the mean eigenvalue of M^T M (0: plain least squares, as ReplaceMe).
     """
-    lam = ridge_factor * (torch.trace(gram) / gram.shape[0]).item()
+    lam = ridge_lambda(gram, ridge_factor)
     eye = torch.eye(gram.shape[0], dtype=torch.float64, device=gram.device)
     return least_squares_refit(gram, cross, eye, lam)
 
