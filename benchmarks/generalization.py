@@ -48,6 +48,29 @@ def measure(model, tokenizer, windows: int, limit: int, texts: dict) -> dict:
     return row
 
 
+def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) -> None:
+    """Add zero-shot validation scores to rows measured earlier without them (perplexity first, accuracy later)."""
+    order = [key_of(json.loads(line)) for line in Path(args.variants).read_text().splitlines() if line.strip()]
+    for key in order:
+        index = next((i for i, r in enumerate(done) if r["key"] == key), None)
+        if index is None or "tasks" in done[index]:
+            continue
+        dense = json.loads(key)["method"] == "dense"
+        path = args.model if dense else str(Path(args.save_dir) / str(index))
+        model, tokenizer = flatten_hf.load_model(path, dtype=torch.float32)
+        start = time.perf_counter()
+        scores, _ = zero_shot(model, tokenizer, limit=args.limit, batch_size=32,
+                              cache=str(results_path.parent / f"lm-cache-{results_path.stem}-{index}-{args.limit}"))
+        done[index]["tasks"] = {s.task: round(100 * s.headline, 2) for s in scores}
+        done[index]["avg"], done[index]["avg_stderr"] = (round(100 * v, 2) for v in average(scores))
+        done[index]["limit"] = args.limit
+        done[index]["seconds_zero_shot"] = time.perf_counter() - start
+        staged = results_path.with_suffix(".tmp")
+        staged.write_text("".join(json.dumps(r) + "\n" for r in done))
+        staged.replace(results_path)
+        print_table(done)
+
+
 def print_table(results: list[dict]) -> None:
     print("| variant | layers | ppl wikipedia | ppl lambada | PIQA | HS | WG | ARC-e | ARC-c | avg (± se) | s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -70,11 +93,18 @@ def main() -> None:
     p.add_argument("--save-dir", default=None,
                    help="also save each compressed model to SAVE_DIR/<n> (e.g. for a full `flatten-hf eval` later)")
     p.add_argument("--table", action="store_true", help="print the table of --results and exit")
+    p.add_argument("--zero-shot-saved", action="store_true",
+                   help="score the rows of --results that have no zero-shot numbers yet, on the first --limit "
+                        "documents, from their checkpoints in --save-dir (row n in SAVE_DIR/<n>), in the order "
+                        "of --variants; the rows are rewritten in place")
     args = p.parse_args()
     results_path = Path(args.results)
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
     if args.table:
         print_table(done)
+        return
+    if args.zero_shot_saved:
+        score_saved(args, done, results_path)
         return
     model, tokenizer = flatten_hf.load_model(args.model)
     texts = {name: evaluation_ids(tokenizer, name) for name in ("wikipedia", "lambada")}

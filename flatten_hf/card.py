@@ -209,10 +209,9 @@ def card_variables(folder: str | Path, repo_id: str | None = None,
 
     folder = Path(folder)
     config = AutoConfig.from_pretrained(folder)
-    plan_dict = getattr(config, "flatten", None)
-    if not plan_dict:
+    if not getattr(config, "flatten", None):
         raise ValueError(f"{folder} has no merge plan in config.json: it was not written by flatten-hf compress.")
-    plan = MergePlan.from_dict(plan_dict)
+    plan = MergePlan.from_config(config)
     spec = METHODS.get(plan.method)
     params_after = count_parameters(folder)
     params_before = base_parameters(config, params_after)

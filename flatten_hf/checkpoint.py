@@ -7,17 +7,22 @@ sibling directory and renames it into place, so a failure never leaves a half-wr
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from safetensors import SafetensorError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from .assets import ASSETS, DEFAULT_MODEL_ASSET, require_asset
+from .checks import non_finite_parameters
+from .plan import MergePlan
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +39,26 @@ def asset_name_of(model_id: str) -> str:
 
 
 def resolve_model_path(model: str | None) -> str:
-    """Map an asset name (or None, the embedded default) to its cache directory; pass anything else through."""
+    """Map an asset name (or None, the embedded default) to its cache directory; check a local folder.
+
+    Anything else must look like a Hub id (`owner/name`): a bare word that is no asset is a typo far
+    more often than a legacy Hub id, and would otherwise end in "couldn't connect to huggingface.co".
+    """
     name = model or DEFAULT_MODEL_ASSET
     if name in ASSETS and name in ASSET_HUB_IDS:
         return str(require_asset(name))
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model {name!r} is a folder without config.json, not a model checkpoint.")
+        return str(path)
+    if "/" not in name:
+        close = difflib.get_close_matches(name, ASSET_HUB_IDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown model {name!r}: not an asset ({', '.join(ASSET_HUB_IDS)}), a local folder or a "
+                         f"Hub id (owner/name).{hint}")
+    if name.startswith((".", "/", "~")) or name.count("/") != 1 or name.endswith("/"):
+        raise FileNotFoundError(f"model {name!r}: no such folder.")
     return name
 
 
@@ -54,19 +75,116 @@ def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     logger.info("Loading %s (%s)", path, dtype)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+        if getattr(config, "flatten", None):
+            MergePlan.from_config(config)  # a broken plan fails here, before the weights are read
+        lm = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, SafetensorError) as e:  # missing, truncated or empty files; no network
+        raise ValueError(f"cannot load {path}: {str(e).strip().splitlines()[0]}") from e
+    bad = non_finite_parameters(lm)
+    if bad:
+        logger.warning("%s has NaN or infinite weights in %d tensors (first: %s): its outputs are meaningless",
+                       path, len(bad), bad[0])
     if device:
         lm.to(device)
     return lm.eval(), tokenizer
 
 
-def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Fail early, before any compute, when `out_dir` would be clobbered without permission."""
+# Staging and set-aside folders are siblings of the output named `.<out>.flatten-hf-<kind>-<pid>-<random>`, so that a
+# later run can tell its own leftovers (from a SIGKILL, a power cut) from a user's files and clean them up.
+_OWN_SIBLING = re.compile(r"^\.(?P<out>.+)\.flatten-hf-(?P<kind>staging|previous)-(?P<pid>\d+)-[^/]+$")
+# What a checkpoint folder written by flatten-hf holds; `--overwrite` replaces such a folder and nothing else.
+_CHECKPOINT_FILES = re.compile(
+    r"^(config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|"
+    r"tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
+    r"merges\.txt|chat_template\.jinja|README\.md|eval_results\.json|configuration_flatten\.py|"
+    r"modeling_flatten\.py|\.gitattributes)$")
+
+
+def _is_flatten_checkpoint(folder: Path) -> bool:
+    try:
+        return "flatten" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False,
+                     inputs: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Refuse, before any compute, an `out_dir` whose replacement could lose a user's files.
+
+    Without `overwrite` the folder must be new or empty. With it, the folder may hold a previous
+    flatten-hf checkpoint (config.json with a merge plan, and only the files a checkpoint has): that
+    is what `--overwrite` replaces, nothing else. Never allowed: the working directory or one of its
+    parents, and any of `inputs` (the model being read) or a folder that contains one. The nearest
+    existing ancestor must be writable, so an unwritable `--out` fails now, not after the compute.
+    """
     out = Path(out_dir).expanduser().resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass overwrite=True (--overwrite).")
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise ValueError(f"--out {out_dir} is the working directory or a parent of it; name a new folder for the "
+                         "checkpoint.")
+    for source in inputs:
+        source = Path(source).expanduser().resolve()
+        if out == source or out in source.parents:
+            raise ValueError(f"--out {out_dir} would replace the input model {source}; choose another folder.")
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"--out {out_dir} is a file, not a folder; choose another --out.")
+        contents = sorted(p.name for p in out.iterdir())
+        if contents and not overwrite:
+            raise FileExistsError(f"--out {out_dir} exists and is not empty; choose another --out or pass --overwrite "
+                                  "(overwrite=True) to replace the checkpoint in it.")
+        if contents:
+            foreign = [name for name in contents if not _CHECKPOINT_FILES.match(name)]
+            if not _is_flatten_checkpoint(out) or foreign:
+                what = f"files that are not part of a checkpoint ({', '.join(foreign[:5])})" if foreign else \
+                    "no flatten-hf checkpoint (config.json with a merge plan)"
+                raise FileExistsError(f"--out {out_dir} holds {what}; --overwrite replaces only a previous flatten-hf "
+                                      "checkpoint. Choose another --out.")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out_dir}: cannot write to {ancestor}; choose a writable folder.")
     return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_siblings(parent: Path) -> None:
+    """Remove the staging folders of dead flatten-hf runs in `parent`; put back a set-aside checkpoint.
+
+    A run killed with SIGKILL cannot clean up after itself. Its staging folder is half-written and
+    is removed; a `previous` folder is a checkpoint the run had moved aside to replace it: if the
+    replacement never landed it is moved back, otherwise it is removed.
+    """
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        m = _OWN_SIBLING.match(entry.name)
+        if not m or not entry.is_dir() or _pid_alive(int(m["pid"])):
+            continue
+        target = parent / m["out"]
+        if m["kind"] == "previous" and not target.exists():
+            os.replace(entry, target)
+            logger.warning("Restored %s, which an interrupted run (pid %s) had moved aside", target, m["pid"])
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+            logger.warning("Removed %s, left behind by an interrupted run (pid %s)", entry, m["pid"])
+
+
+def _sibling(out: Path, kind: str) -> Path:
+    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.flatten-hf-{kind}-{os.getpid()}-"))
 
 
 def add_v4_rope_keys(config_path: Path) -> None:
@@ -87,6 +205,21 @@ def add_v4_rope_keys(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def _replace(staging: Path, out: Path) -> None:
+    """Move `staging` to `out`; a previous `out` is set aside first and put back if the move fails."""
+    if not out.exists():
+        os.replace(staging, out)
+        return
+    aside = _sibling(out, "previous")
+    os.replace(out, aside)
+    try:
+        os.replace(staging, out)
+    except BaseException:
+        os.replace(aside, out)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False,
                     card: bool = True, max_shard_size: str | int = "5GB") -> Path:
     """Save a compressed model (and tokenizer, and its model card) to `out_dir`, all or nothing.
@@ -99,7 +232,8 @@ def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenize
     """
     out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    clean_stale_siblings(out.parent)
+    staging = _sibling(out, "staging")
     try:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         add_v4_rope_keys(staging / "config.json")
@@ -109,10 +243,8 @@ def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenize
             from .card import write_card
 
             write_card(staging, model_name=out.name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
+        _replace(staging, out)
+    except BaseException:  # SIGINT/SIGTERM included: nothing half-written stays behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("Saved %s", out)

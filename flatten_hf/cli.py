@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import textwrap
 import time
 from collections.abc import Sequence
+
+from .checks import argparse_type, check_device
+
+POSITIVE_INT = argparse_type(int, "positive")
+NON_NEGATIVE_INT = argparse_type(int, "non_negative")
+POSITIVE_FLOAT = argparse_type(float, "positive")
+NON_NEGATIVE_FLOAT = argparse_type(float, "non_negative")
+FRACTION = argparse_type(float, "fraction")
 
 DESCRIPTION = """\
 Make LLaMA- and Qwen2-family causal LMs shallower: compress them with a depth-compression method,
@@ -42,10 +51,10 @@ def _add_calibration_args(p: argparse.ArgumentParser) -> None:
                         "'wikitext2:/folder/with/wiki.*.raw', a local text file, 'self' (sequences sampled from "
                         "the model itself: data-free), or a mixture in equal shares joined by '+', e.g. "
                         "'wikipedia+self'; calibration and evaluation parts of a text never overlap")
-    g.add_argument("--calib-samples", type=int, default=128, help="number of calibration sequences (default 128)")
-    g.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per forward call (default 8)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampling (default 0)")
+    g.add_argument("--calib-samples", type=POSITIVE_INT, default=128, help="number of calibration sequences (default 128)")
+    g.add_argument("--seq-len", type=POSITIVE_INT, default=512, help="tokens per calibration sequence (default 512)")
+    g.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="sequences per forward call (default 8)")
+    g.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the calibration window sampling (default 0)")
 
 
 def _add_save_dtype_arg(p: argparse.ArgumentParser) -> None:
@@ -80,7 +89,8 @@ def _add_method_option_groups(p: argparse.ArgumentParser) -> None:
             if o.is_switch:
                 group.add_argument(o.flag, dest=o.name, action="store_false" if o.default else "store_true", help=o.help)
             else:
-                group.add_argument(o.flag, dest=o.name, type=o.type, choices=o.choices, help=o.help)
+                kind = argparse_type(o.type, o.check) if o.check else o.type
+                group.add_argument(o.flag, dest=o.name, type=kind, choices=o.choices, help=o.help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
     comp.add_argument("--method", default="shortgpt", choices=sorted(METHODS), help="compression method (default shortgpt)")
     depth = comp.add_mutually_exclusive_group(required=True)
-    depth.add_argument("--ratio", type=float, help="fraction of decoder layers to remove, e.g. 0.2")
-    depth.add_argument("--num-layers", type=int, help="number of decoder layers to remove")
+    depth.add_argument("--ratio", type=FRACTION, help="fraction of decoder layers to remove, e.g. 0.2")
+    depth.add_argument("--num-layers", type=NON_NEGATIVE_INT, help="number of decoder layers to remove")
     comp.add_argument("--out", required=True, help="output directory (written atomically)")
     comp.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     comp.add_argument("--flattened-classes", action="store_true",
@@ -146,29 +156,29 @@ def build_parser() -> argparse.ArgumentParser:
     # The defaults come from RecoveryConfig, the one place that holds them; each dest is its field name.
     d = RecoveryConfig()
     rg = rec.add_argument_group("training")
-    rg.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
-    rg.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per step (default {d.batch_size})")
-    rg.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default {d.seq_len})")
-    rg.add_argument("--lr", dest="learning_rate", metavar="LR", type=float, default=d.learning_rate,
+    rg.add_argument("--steps", type=POSITIVE_INT, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    rg.add_argument("--batch-size", type=POSITIVE_INT, default=d.batch_size, help=f"sequences per step (default {d.batch_size})")
+    rg.add_argument("--seq-len", type=POSITIVE_INT, default=d.seq_len, help=f"tokens per sequence (default {d.seq_len})")
+    rg.add_argument("--lr", dest="learning_rate", metavar="LR", type=POSITIVE_FLOAT, default=d.learning_rate,
                     help=f"AdamW learning rate, constant (default {d.learning_rate:g})")
     rg.add_argument("--train", choices=["lora", "full"], default=d.train,
                     help=f"LoRA adapters merged on save (lora) or the layers' own weights (full); default {d.train}")
     rg.add_argument("--layers", choices=["changed", "all"], default=d.layers,
                     help=f"train the layers the plan changed and those after removed layers (changed), or all; "
                          f"default {d.layers}")
-    rg.add_argument("--lora-r", type=int, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
-    rg.add_argument("--lora-alpha", type=int, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})")
-    rg.add_argument("--hidden-weight", type=float, default=d.hidden_weight,
+    rg.add_argument("--lora-r", type=POSITIVE_INT, default=d.lora_r, help=f"LoRA rank (default {d.lora_r})")
+    rg.add_argument("--lora-alpha", type=POSITIVE_INT, default=d.lora_alpha, help=f"LoRA alpha (default {d.lora_alpha})")
+    rg.add_argument("--hidden-weight", type=NON_NEGATIVE_FLOAT, default=d.hidden_weight,
                     help=f"weight of the hidden-state loss (default {d.hidden_weight:g})")
-    rg.add_argument("--kl-weight", type=float, default=d.kl_weight,
+    rg.add_argument("--kl-weight", type=NON_NEGATIVE_FLOAT, default=d.kl_weight,
                     help=f"weight of the logits' KL divergence (default {d.kl_weight:g})")
-    rg.add_argument("--temperature", type=float, default=d.temperature,
+    rg.add_argument("--temperature", type=POSITIVE_FLOAT, default=d.temperature,
                     help=f"softmax temperature of the KL term (default {d.temperature:g})")
     rg.add_argument("--source", default=d.source,
                     help=f"training text: its calibration part, never the evaluation text (default {d.source})")
-    rg.add_argument("--seed", type=int, default=d.seed,
+    rg.add_argument("--seed", type=NON_NEGATIVE_INT, default=d.seed,
                     help=f"seed of the text sampling and LoRA initialisation (default {d.seed})")
-    rg.add_argument("--save-steps", type=int, default=d.save_steps,
+    rg.add_argument("--save-steps", type=POSITIVE_INT, default=d.save_steps,
                     help=f"write the resumable state every N steps (default {d.save_steps})")
     rec.add_argument("--no-card", dest="card", action="store_false", help="do not write a model card into --out")
     _add_save_dtype_arg(rec)
@@ -181,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "text never overlaps the calibration text of the same source.")
     ppl.add_argument("models", nargs="*", default=[None], help=MODEL_HELP + "; several are compared in one table")
     ppl.add_argument("--source", default="wikipedia", help="text source, as --calib-source of `compress`")
-    ppl.add_argument("--seq-len", type=int, default=512, help="window length in tokens (default 512)")
-    ppl.add_argument("--max-windows", type=int, default=None, help="score only the first N windows (quick runs)")
-    ppl.add_argument("--batch-size", type=int, default=4, help="windows per forward call (default 4)")
+    ppl.add_argument("--seq-len", type=POSITIVE_INT, default=512, help="window length in tokens (default 512)")
+    ppl.add_argument("--max-windows", type=POSITIVE_INT, default=None, help="score only the first N windows (quick runs)")
+    ppl.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="windows per forward call (default 4)")
     _add_model_args(ppl)
 
     info = sub.add_parser("info", help="show a compressed checkpoint's merge plan",
@@ -203,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="first measure perplexity and batch-1 prefill latency of DIR and of its base model "
                            "and save them to DIR/eval_results.json")
     card.add_argument("--base-model", default=None, help="base model to measure against (default: the plan's)")
-    card.add_argument("--eval-windows", type=int, default=32,
+    card.add_argument("--eval-windows", type=POSITIVE_INT, default=32,
                       help="with --measure: score the first N evaluation windows of 512 tokens (default 32)")
 
     ev = sub.add_parser(
@@ -218,10 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks", default=None,
                     help="comma-separated lm-eval tasks (default piqa,hellaswag,winogrande,arc_easy,arc_challenge; "
                          "'none' for perplexity only)")
-    ev.add_argument("--limit", type=int, default=None,
+    ev.add_argument("--limit", type=POSITIVE_INT, default=None,
                     help="score only the first N documents per task: quick runs only, say so next to the numbers")
-    ev.add_argument("--seq-len", type=int, default=None, help="perplexity window (default 2048, or the model's maximum)")
-    ev.add_argument("--max-windows", type=int, default=None,
+    ev.add_argument("--seq-len", type=POSITIVE_INT, default=None, help="perplexity window (default 2048, or the model's maximum)")
+    ev.add_argument("--max-windows", type=POSITIVE_INT, default=None,
                     help="perplexity on the first N windows only: quick runs, say so next to the numbers")
     ev.add_argument("--source", default="wikipedia", help="perplexity text, as --calib-source of `compress`")
     ev.add_argument("--other-source", default="lambada",
@@ -229,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default lambada: fiction; 'none' to skip)")
     ev.add_argument("--task-source", default="offline", choices=["offline", "hub"],
                     help="offline task files (default) or lm-eval's stock Hub datasets (needs network)")
-    ev.add_argument("--batch-size", type=int, default=16, help="lm-eval requests per forward pass (default 16)")
+    ev.add_argument("--batch-size", type=POSITIVE_INT, default=16, help="lm-eval requests per forward pass (default 16)")
     ev.add_argument("--json", default=None, help="also write the results to this JSON file (input of `report`)")
     ev.add_argument("--cache", default=None, metavar="DIR",
                     help="keep lm-eval's request cache in DIR (one sqlite file per checkpoint and dtype), so an "
@@ -245,14 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "interleaved processes per model and the median over them). The first model is the "
                     "reference: the others get their prefill speed-up over it next to the ideal (FLOPs ratio).")
     bench.add_argument("models", nargs="+", help=MODEL_HELP + "; the first one is the reference")
-    bench.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default 5)")
-    bench.add_argument("--rounds", type=int, default=1,
+    bench.add_argument("--repeats", type=POSITIVE_INT, default=5, help="timed runs per measurement (default 5)")
+    bench.add_argument("--rounds", type=POSITIVE_INT, default=1,
                        help="measure every model in R separate processes, interleaved (all models once per round), "
                             "and report the median over the processes: on a shared machine processes running the "
                             "same model can differ by ~10%% (default 1)")
     bench.add_argument("--seq-lens", default="512,2048", help="prefill lengths (default 512,2048)")
     bench.add_argument("--batches", default="1,16", help="decode batch sizes (default 1,16)")
-    bench.add_argument("--new-tokens", type=int, default=128, help="tokens generated per decode run (default 128)")
+    bench.add_argument("--new-tokens", type=POSITIVE_INT, default=128, help="tokens generated per decode run (default 128)")
     bench.add_argument("--json", default=None, help="also write the results to this JSON file (input of `report`)")
     _add_model_args(bench)
 
@@ -310,14 +320,17 @@ def _cast_for_saving(model, save_dtype: str | None):
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
-    from .checkpoint import base_model_id, check_output_dir, load_model, save_compressed
-    from .compression import CalibrationConfig, compress
+    from .checkpoint import base_model_id, check_output_dir, load_model, resolve_model_path, save_compressed
+    from .compression import CalibrationConfig, compress, method_config
 
-    check_output_dir(args.out, args.overwrite)
+    # Everything that needs no model is checked first: --out, the device, the method's options.
+    check_output_dir(args.out, args.overwrite, inputs=(resolve_model_path(args.model),))
+    check_device(args.device)
     options = _method_options(args)
-    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    method_config(args.method, ratio=args.ratio, num_layers=args.num_layers, **options)
     calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.seq_len, args.batch_size, args.seed,
                                     args.device)
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
     start = time.perf_counter()
     compressed = compress(model, args.method, tokenizer=tokenizer, calibration=calibration,
                           stock_if_uniform=not args.flattened_classes, base_model=base_model_id(args.model),
@@ -341,7 +354,8 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     from .checkpoint import asset_name_of, check_output_dir, load_model, resolve_model_path, save_compressed
     from .recovery import RecoveryConfig, plan_of, recover
 
-    out = check_output_dir(args.out, args.overwrite)
+    out = check_output_dir(args.out, args.overwrite, inputs=(resolve_model_path(args.model),))
+    check_device(args.device)
     plan = plan_of(AutoConfig.from_pretrained(resolve_model_path(args.model)))  # fail before loading anything
     config = RecoveryConfig(**{f.name: getattr(args, f.name) for f in fields(RecoveryConfig)})
     student, tokenizer = load_model(args.model, args.dtype, args.device)
@@ -384,6 +398,7 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
     from .data import evaluation_ids
     from .perplexity import perplexity
 
+    check_device(args.device)
     rows = []
     for name in args.models:
         model, tokenizer = load_model(name, args.dtype, args.device)
@@ -405,11 +420,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from .plan import MergePlan
 
     config = AutoConfig.from_pretrained(args.model)
-    plan_dict = getattr(config, "flatten", None)
-    if not plan_dict:
+    if not getattr(config, "flatten", None):
         print(f"{args.model} has no merge plan (not compressed by flatten-hf).", file=sys.stderr)
         return 1
-    plan = MergePlan.from_dict(plan_dict)
+    plan = MergePlan.from_config(config)
     print(f"method: {plan.method}   base model: {plan.base_model} ({plan.base_model_type})   "
           f"layers: {plan.source_num_hidden_layers} -> {len(plan.layers)}")
     params = {k: v for k, v in plan.method_params.items() if k not in ("block_influence", "block_distances")}
@@ -452,6 +466,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     tasks = TASKS if args.tasks is None else tuple(t for t in args.tasks.split(",") if t and t != "none")
     ppl = args.ppl or args.tasks is None or not tasks
+    check_device(args.device)
     results = []
     for name in args.models:
         cache = request_cache_prefix(args.cache, resolve_model_path(name), args.dtype) if args.cache else None
@@ -481,6 +496,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import benchmark, speed_table
 
+    check_device(args.device)
     results = benchmark(args.models, rounds=args.rounds, repeats=args.repeats, device=args.device,
                         dtype=args.dtype, seq_lens=tuple(int(s) for s in args.seq_lens.split(",")),
                         batches=tuple(int(b) for b in args.batches.split(",")), new_tokens=args.new_tokens)
@@ -512,16 +528,43 @@ COMMANDS = {"assets": _cmd_assets, "compress": _cmd_compress, "recover": _cmd_re
             "eval": _cmd_eval, "bench": _cmd_bench, "report": _cmd_report, "card": _cmd_card, "push": _cmd_push}
 
 
+class Terminated(BaseException):
+    """SIGTERM (timeout, kill, docker stop, Slurm) as an exception, so that it unwinds like Ctrl-C.
+
+    A BaseException, like KeyboardInterrupt, so that `except Exception` handlers let it through
+    and the atomic save's cleanup runs.
+    """
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    log = logging.getLogger("flatten_hf")
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        logging.getLogger("flatten_hf").debug("failed", exc_info=True)
-        print(f"flatten-hf {args.command}: error: {e}", file=sys.stderr)
+    except (KeyboardInterrupt, Terminated) as e:
+        log.debug("interrupted", exc_info=True)
+        print(f"flatten-hf {args.command}: {'interrupted' if isinstance(e, KeyboardInterrupt) else 'terminated'}; "
+              "nothing half-written is left behind", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 143
+    except ModuleNotFoundError as e:
+        log.debug("failed", exc_info=True)
+        print(f"flatten-hf {args.command}: error: this command needs the '{e.name}' package, which is not installed "
+              f"(pip install {e.name}).", file=sys.stderr)
         return 2
+    except (ValueError, OSError, RuntimeError, ImportError) as e:  # OSError: missing, unreadable, unwritable files
+        log.debug("failed", exc_info=True)
+        message = " ".join(str(e).split()) or type(e).__name__  # one line
+        print(f"flatten-hf {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,11 @@ from transformers import PreTrainedModel
 from .architecture import architecture_of
 from .assemble import assemble
 from .calibration import LayerwiseRunner
+from .checks import check_finite, check_value
 from .data import calibration_ids as make_calibration_ids
 from .methods import METHODS, get_method
+from .methods.common import layers_to_remove
+from .methods.registry import check_options
 from .sampling import SELF_SOURCE, sample_ids
 
 logger = logging.getLogger(__name__)
@@ -41,6 +44,17 @@ class CalibrationConfig:
     batch_size: int = 8
     seed: int = 0
     device: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, rule in (("num_samples", "positive"), ("seq_len", "positive"), ("batch_size", "positive"),
+                           ("seed", "non_negative")):
+            value = getattr(self, name)
+            if not isinstance(value, int):
+                raise ValueError(f"calibration {name} must be an integer, got {value!r}.")
+            check_value(f"calibration {name}", value, rule)
+        if not self.source or any(not part for part in self.source.split("+")):
+            raise ValueError(f"calibration source {self.source!r} names an empty part; e.g. 'wikipedia' or "
+                             "'wikipedia+self'.")
 
 
 def calibration_data(model: PreTrainedModel, tokenizer: Any, calibration: CalibrationConfig) -> torch.Tensor:
@@ -73,6 +87,7 @@ def method_config(method: str | Any, **kwargs: Any) -> tuple[str, Any]:
         if isinstance(method, spec.config_class):
             if kwargs:
                 raise TypeError("Pass either a method config object or keyword arguments, not both.")
+            check_options(method)  # again: a config's fields may have been changed since it was built
             return name, method
     raise TypeError(f"method must be a name or one of {[m.config_class.__name__ for m in METHODS.values()]}.")
 
@@ -108,9 +123,19 @@ def compress(
     arch = architecture_of(model.config)
     name, config = method_config(method, **method_kwargs)
     calibration = calibration or CalibrationConfig()
+    # Everything that can be checked without compute is checked here, before minutes of calibration.
+    layers_to_remove(model.config.num_hidden_layers, config.num_layers, config.ratio)
+    if calibration_ids is None and tokenizer is None:
+        raise ValueError("compress needs a tokenizer to build calibration data, or ready calibration_ids.")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    seq_len = calibration.seq_len if calibration_ids is None else calibration_ids.shape[-1]
+    if positions and seq_len > positions:
+        raise ValueError(f"calibration seq_len {seq_len} exceeds the model's max_position_embeddings {positions}.")
+    check_finite(model, "The model")
+    if calibration_ids is not None and (calibration_ids.dim() != 2 or calibration_ids.numel() == 0):
+        raise ValueError(f"calibration_ids must be a non-empty [N, L] tensor of token ids, got shape "
+                         f"{tuple(calibration_ids.shape)}.")
     if calibration_ids is None:
-        if tokenizer is None:
-            raise ValueError("compress needs a tokenizer to build calibration data, or ready calibration_ids.")
         calibration_ids = calibration_data(model, tokenizer, calibration)
     start = time.perf_counter()
     runner = LayerwiseRunner(model, calibration_ids, calibration.batch_size, calibration.device)

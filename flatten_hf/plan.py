@@ -12,6 +12,8 @@ from typing import Any
 
 from .modeling.configuration_flatten import (
     MERGE_PLAN_FORMAT_VERSION,
+    PER_LAYER_FIELDS,
+    check_merge_plan,
     decode_indices,
     encode_indices,
     per_layer_sizes_from_plan,
@@ -94,6 +96,30 @@ class MergePlan:
             layers=[[SourceSlice.from_dict(s) for s in layer["sources"]] for layer in d["layers"]],
             method_params=dict(d.get("method_params", {})),
         )
+
+    @classmethod
+    def from_config(cls, config: Any) -> "MergePlan":
+        """The checked merge plan of a model config; `ValueError` naming the field and layer if it is broken.
+
+        The Flattened config classes check their plan when they are built; a stock LLaMA/Qwen2 config
+        carries the plan as an opaque dict, so it is checked here, and because a stock model has one
+        width for every layer, the plan must keep exactly the dense heads and channels in each.
+        """
+        plan = getattr(config, "flatten", None)
+        if not plan:
+            name = getattr(config, "_name_or_path", "") or "the model"
+            raise ValueError(f"{name} has no merge plan (config.flatten): it was not compressed by flatten-hf.")
+        if not hasattr(config, "num_attention_heads_per_layer"):
+            dense = {field: getattr(config, global_field) for field, global_field in PER_LAYER_FIELDS.items()}
+            sizes = check_merge_plan(plan, config.num_hidden_layers, dense)
+            for field, values in sizes.items():
+                odd = [i for i, v in enumerate(values) if v != dense[field]]
+                if odd:
+                    raise ValueError(
+                        f"flatten.layers[{odd[0]}] keeps {values[odd[0]]} of {field.removesuffix('_per_layer')}, but "
+                        f"this stock {type(config).__name__} has {dense[field]} in every layer; the checkpoint "
+                        "needs the Flattened classes (per-layer widths) or a corrected plan.")
+        return cls.from_dict(plan)
 
     def per_layer_sizes(self) -> dict[str, list[int]]:
         return per_layer_sizes_from_plan(self.to_dict())

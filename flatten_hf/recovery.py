@@ -84,11 +84,10 @@ class RecoveryConfig:
 
 def plan_of(config) -> MergePlan:
     """The merge plan of a compressed model's config, or a clear error for an uncompressed one."""
-    plan = getattr(config, "flatten", None)
-    if not plan:
+    if not getattr(config, "flatten", None):
         raise ValueError("recover needs a model compressed by flatten-hf: its config has no merge plan "
                          "(config.flatten). Compress it first with `flatten-hf compress`.")
-    return MergePlan.from_dict(plan)
+    return MergePlan.from_config(config)
 
 
 @contextmanager

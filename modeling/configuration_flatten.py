@@ -56,14 +56,91 @@ def encode_indices(indices: list[int]) -> str:
 
 
 def decode_indices(spec: str | list[int]) -> list[int]:
-    """Inverse of `encode_indices`; also accepts a plain int list."""
+    """Inverse of `encode_indices`; also accepts a plain int list. Raises `ValueError` on anything else."""
     if isinstance(spec, list):
-        return [int(i) for i in spec]
+        if not all(type(i) is int for i in spec):
+            raise ValueError(f"an index list must hold integers, got {spec!r:.80}")
+        return list(spec)
+    if not isinstance(spec, str):
+        raise ValueError(f"expected a range string such as '0-2,5' or an int list, got {type(spec).__name__}")
     out: list[int] = []
     for part in filter(None, spec.split(",")):
         lo, sep, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+        try:
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+        except ValueError:
+            raise ValueError(f"{part!r} is not an index or a range 'a-b' (in {spec!r:.80})") from None
     return out
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # bool is an int subclass, and True is not a layer count
+
+
+def check_merge_plan(plan: Any, num_hidden_layers: int, dense_sizes: dict[str, int]) -> dict[str, list[int]]:
+    """Check a merge plan's structure and ranges; return the per-layer sizes it implies.
+
+    `dense_sizes` maps each per-layer field to the base model's width (the config's global fields):
+    a source slice indexes heads and channels of an *original* layer, so its indices must lie below
+    those. Raises `ValueError` naming the plan field and the layer, so that a hand-edited or corrupted
+    `config.json` fails on load instead of building a model of the wrong shape.
+    """
+    if not isinstance(plan, dict):
+        raise ValueError(f"flatten (the merge plan) must be a mapping, got {type(plan).__name__}.")
+    version = plan.get("format_version")
+    if not _is_int(version) or version != MERGE_PLAN_FORMAT_VERSION:
+        raise ValueError(f"flatten.format_version is {version!r}; this code reads version {MERGE_PLAN_FORMAT_VERSION}. "
+                         "Upgrade flatten-hf to read newer checkpoints.")
+    for key in ("method", "base_model", "base_model_type"):
+        if not isinstance(plan.get(key, ""), str):
+            raise ValueError(f"flatten.{key} must be a string, got {type(plan[key]).__name__}.")
+    if not isinstance(plan.get("method_params", {}), dict):
+        raise ValueError("flatten.method_params must be a mapping.")
+    n_source = plan.get("source_num_hidden_layers")
+    if not _is_int(n_source) or n_source <= 0:
+        raise ValueError(f"flatten.source_num_hidden_layers must be a positive integer, got {n_source!r}.")
+    layers = plan.get("layers")
+    if not isinstance(layers, list) or len(layers) != num_hidden_layers:
+        got = len(layers) if isinstance(layers, list) else type(layers).__name__
+        raise ValueError(f"flatten.layers must list one entry per decoder layer (num_hidden_layers="
+                         f"{num_hidden_layers}), got {got}.")
+    sizes: dict[str, list[int]] = {field: [] for field in PER_LAYER_FIELDS}
+    groups = []
+    for i, layer in enumerate(layers):
+        sources = layer.get("sources") if isinstance(layer, dict) else None
+        if not isinstance(sources, list) or not sources:
+            raise ValueError(f"flatten.layers[{i}].sources must be a non-empty list of source slices.")
+        totals = dict.fromkeys(PER_LAYER_FIELDS, 0)
+        groups.append([])
+        for j, src in enumerate(sources):
+            where = f"flatten.layers[{i}].sources[{j}]"
+            if not isinstance(src, dict):
+                raise ValueError(f"{where} must be a mapping with layer, q_heads, kv_heads and mlp_channels.")
+            source_layer = src.get("layer")
+            if not _is_int(source_layer) or not 0 <= source_layer < n_source:
+                raise ValueError(f"{where}.layer is {source_layer!r}; it must be an original layer index in "
+                                 f"[0, {n_source}) (source_num_hidden_layers).")
+            groups[-1].append(source_layer)
+            for key, field in SOURCE_INDEX_FIELDS.items():
+                if key not in src:
+                    raise ValueError(f"{where} has no {key}.")
+                try:
+                    indices = decode_indices(src[key])
+                except ValueError as e:
+                    raise ValueError(f"{where}.{key}: {e}.") from None
+                bound = dense_sizes[field]
+                bad = [k for k in indices if not 0 <= k < bound]
+                if bad:
+                    raise ValueError(f"{where}.{key} names {bad[0]}, outside the original layer's [0, {bound}).")
+                if len(set(indices)) != len(indices):
+                    raise ValueError(f"{where}.{key} lists an index twice.")
+                totals[field] += len(indices)
+        for field, total in totals.items():
+            sizes[field].append(total)
+    if "merge_plan" in plan and plan["merge_plan"] != groups:
+        raise ValueError("flatten.merge_plan disagrees with the source layers of flatten.layers; the layers are the "
+                         "source of truth, so fix or drop merge_plan.")
+    return sizes
 
 
 def per_layer_sizes_from_plan(plan: dict[str, Any]) -> dict[str, list[int]]:
@@ -114,11 +191,16 @@ class FlattenConfig:
         self.check_per_layer_config()
 
     def _fill_per_layer_defaults(self) -> None:
-        derived = per_layer_sizes_from_plan(self.flatten) if self.flatten and self.flatten.get("layers") else {}
+        derived = self.check_plan() if self.flatten else {}
         for field, global_field in PER_LAYER_FIELDS.items():
             if getattr(self, field) is None:
                 default = derived.get(field) or [getattr(self, global_field)] * self.num_hidden_layers
                 setattr(self, field, [int(v) for v in default])
+
+    def check_plan(self) -> dict[str, list[int]]:
+        """Check the merge plan against this config (see `check_merge_plan`); return the sizes it implies."""
+        dense = {field: getattr(self, global_field) for field, global_field in PER_LAYER_FIELDS.items()}
+        return check_merge_plan(self.flatten, self.num_hidden_layers, dense)
 
     def check_per_layer_config(self) -> None:
         """Raise `ValueError` naming the field and layer when the per-layer sizes or the plan are inconsistent.
@@ -134,7 +216,7 @@ class FlattenConfig:
                     f"{field} must be a list with one entry per decoder layer (num_hidden_layers={n}), got {got}."
                 )
             for i, v in enumerate(values):
-                if not isinstance(v, int) or v <= 0:
+                if not _is_int(v) or v <= 0:
                     raise ValueError(f"{field}[{i}] must be a positive integer, got {v!r} (layer {i}).")
         for i, (heads, kv) in enumerate(zip(self.num_attention_heads_per_layer, self.num_key_value_heads_per_layer)):
             if heads % kv != 0:
@@ -142,17 +224,11 @@ class FlattenConfig:
                     f"Layer {i}: num_attention_heads_per_layer[{i}]={heads} is not divisible by "
                     f"num_key_value_heads_per_layer[{i}]={kv}; every key/value head needs the same number of query heads."
                 )
-        if self.flatten and self.flatten.get("layers") is not None:
-            self._check_plan()
+        if self.flatten:
+            self._check_plan_widths()
 
-    def _check_plan(self) -> None:
-        layers = self.flatten["layers"]
-        if len(layers) != self.num_hidden_layers:
-            raise ValueError(
-                f"flatten.layers has {len(layers)} entries but num_hidden_layers={self.num_hidden_layers}; "
-                "the merge plan needs one entry per decoder layer."
-            )
-        derived = per_layer_sizes_from_plan(self.flatten)
+    def _check_plan_widths(self) -> None:
+        derived = self.check_plan()
         for field, values in derived.items():
             for i, (want, got) in enumerate(zip(values, getattr(self, field))):
                 if want != got:
@@ -160,7 +236,7 @@ class FlattenConfig:
                         f"{field}[{i}]={got} disagrees with the merge plan, whose layer {i} keeps {want}; "
                         "the plan is the source of truth, so fix or drop the per-layer list."
                     )
-        for i, layer in enumerate(layers):
+        for i, layer in enumerate(self.flatten["layers"]):
             n_rep = self.num_attention_heads_per_layer[i] // self.num_key_value_heads_per_layer[i]
             for src in layer["sources"]:
                 n_q, n_kv = len(decode_indices(src["q_heads"])), len(decode_indices(src["kv_heads"]))
@@ -221,4 +297,5 @@ __all__ = [
     "encode_indices",
     "decode_indices",
     "per_layer_sizes_from_plan",
+    "check_merge_plan",
 ]

@@ -19,11 +19,13 @@ def test_help_documents_every_command(capsys):
 
 
 def test_compress_refuses_a_non_empty_output_before_any_work(tmp_path, capsys):
-    (tmp_path / "existing.txt").write_text("keep me")
-    code = main(["compress", "/nonexistent/model", "--ratio", "0.2", "--out", str(tmp_path)])
+    tiny_model("llama").save_pretrained(tmp_path / "model")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "existing.txt").write_text("keep me")
+    code = main(["compress", str(tmp_path / "model"), "--ratio", "0.2", "--out", str(tmp_path / "out")])
     assert code == 2
     assert "exists and is not empty" in capsys.readouterr().err
-    assert (tmp_path / "existing.txt").read_text() == "keep me"
+    assert (tmp_path / "out" / "existing.txt").read_text() == "keep me"
 
 
 def test_info_explains_a_checkpoint_without_plan(tmp_path, capsys):

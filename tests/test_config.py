@@ -85,7 +85,7 @@ def test_plan_with_misaligned_gqa_groups_is_rejected():
 
 def test_plan_with_wrong_layer_count_is_rejected():
     plan = _plan([[SourceSlice(0, [0, 1, 2, 3], [0, 1], list(range(48)))]])
-    with pytest.raises(ValueError, match="flatten.layers has 1 entries but num_hidden_layers=3"):
+    with pytest.raises(ValueError, match=r"flatten.layers must list one entry per decoder layer \(num_hidden_layers=3\), got 1"):
         FlattenLlamaConfig(**DENSE, flatten=plan.to_dict(), num_attention_heads_per_layer=[4] * 3,
                            num_key_value_heads_per_layer=[2] * 3, intermediate_size_per_layer=[48] * 3)
 

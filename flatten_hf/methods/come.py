@@ -42,7 +42,7 @@ from ..ops.share_allocation import distribute_and_round, influence_shares
 from ..plan import MergePlan, SourceSlice
 from ..similarity import block_influence, last_token_angular_distance
 from .common import layers_to_remove
-from .registry import MethodSpec, option, register_method
+from .registry import MethodSpec, check_options, option, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +72,7 @@ class CoMeConfig:
         "angular", "choose the adjacent pair to merge by the angular distance of last-token hidden states across it "
         "(angular, default, as in CoMe) or by its Block Influence over all tokens (bi)", choices=PAIR_SCORES)
 
-    def __post_init__(self) -> None:
-        if self.norms not in NORM_MODES:
-            raise ValueError(f"norms must be one of {NORM_MODES}, got {self.norms!r}.")
-        if self.pair_score not in PAIR_SCORES:
-            raise ValueError(f"pair_score must be one of {PAIR_SCORES}, got {self.pair_score!r}.")
+    __post_init__ = check_options  # choices and numeric rules of the option(...) fields, named on failure
 
 
 @dataclass

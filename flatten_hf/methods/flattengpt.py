@@ -41,7 +41,7 @@ from ..ops.width_allocation import allocate_widths
 from ..plan import MergePlan
 from .common import layers_to_remove
 from .flatten_block import GroupFlattener, compress_group
-from .registry import MethodSpec, option, register_method
+from .registry import MethodSpec, check_options, option, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -102,27 +102,21 @@ class FlattenGPTConfig:
         "sequential", "fit each pruned block to its original layers' sequential output (default) or to the dense "
         "model's hidden state, which also undoes earlier blocks' drift (one more pass)", choices=TARGETS)
     ridge_factor: float = option(
-        0.1, "ridge lambda as a multiple of the mean eigenvalue of the activation Gram (default 0.1)")
+        0.1, "ridge lambda as a multiple of the mean eigenvalue of the activation Gram (default 0.1)",
+        check="non_negative")
     max_group_size: int | None = option(
-        None, "most original layers flattened into one block (default: no limit)", type=int)
+        None, "most original layers flattened into one block (default: no limit)", type=int, check="positive")
     similarity_tokens: int = option(
-        8192, "calibration tokens used for the layer similarities and the global ranking (default 8192)")
+        8192, "calibration tokens used for the layer similarities and the global ranking (default 8192)",
+        check="positive")
     map_candidate: bool = option(
         False, "let each group also compete with keeping its first layer plus one least-squares linear map for the "
                "others, folded into that layer's down projection (ReplaceMe's replacement, per group)")
     holdout_fraction: float = option(
         0.0, "fraction of the calibration batches held out of each block's refit, on which the refit block and "
-             "'keep one member whole' are compared (default 0: compared on the fitted tokens)")
+             "'keep one member whole' are compared (default 0: compared on the fitted tokens)", check="fraction")
 
-    def __post_init__(self) -> None:
-        if self.similarity not in SIMILARITY_MODES:
-            raise ValueError(f"similarity must be one of {SIMILARITY_MODES}, got {self.similarity!r}.")
-        if self.width_policy not in WIDTH_POLICIES:
-            raise ValueError(f"width_policy must be one of {WIDTH_POLICIES}, got {self.width_policy!r}.")
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}.")
-        if not 0.0 <= self.holdout_fraction < 1.0:
-            raise ValueError(f"holdout_fraction must be in [0, 1), got {self.holdout_fraction}.")
+    __post_init__ = check_options  # choices and numeric rules of the option(...) fields, named on failure
 
 
 def _block(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config, cache: dict):

@@ -19,16 +19,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..checks import check_value
+
 DEPTH_FIELDS = ("num_layers", "ratio")  # every method's depth, given by --num-layers / --ratio
 
 
-def option(default: Any, help: str, *, type: Callable | None = None, choices: Sequence[str] | None = None) -> Any:
+def option(default: Any, help: str, *, type: Callable | None = None, choices: Sequence[str] | None = None,
+           check: str | None = None) -> Any:
     """A config field that is also a CLI flag of its method (see the module docstring).
 
     `type` is needed only when the default is None (e.g. an optional int); otherwise it is the
-    default's type.
+    default's type. `check` names a rule of `flatten_hf.checks.RULES` ('positive', 'non_negative',
+    'fraction'): `check_options` enforces it on the config, the CLI on the flag before any compute.
     """
-    return dataclasses.field(default=default, metadata={"help": help, "type": type, "choices": choices})
+    return dataclasses.field(default=default, metadata={"help": help, "type": type, "choices": choices,
+                                                        "check": check})
+
+
+def check_options(config: Any) -> None:
+    """Raise `ValueError` naming the field for an option outside its declared rule or choices."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("check"):
+            check_value(f.name, value, f.metadata["check"])
+        if f.metadata.get("choices") and value not in f.metadata["choices"]:
+            raise ValueError(f"{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}.")
+    for name in DEPTH_FIELDS:
+        check_value(name, getattr(config, name), "non_negative")
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,7 @@ class CliOption:
     help: str
     type: Callable | None
     choices: Sequence[str] | None
+    check: str | None = None
 
     @property
     def is_switch(self) -> bool:
@@ -84,7 +102,7 @@ class MethodSpec:
             if f.default is True:
                 flag = f"no-{flag}"
             out.append(CliOption(f.name, f"--{flag}", f.default, f.metadata["help"],
-                                 f.metadata["type"] or type(f.default), f.metadata["choices"]))
+                                 f.metadata["type"] or type(f.default), f.metadata["choices"], f.metadata["check"]))
         return out
 
     def label_of(self, params: dict) -> str:

@@ -37,7 +37,7 @@ from ..ops.linear_replacement import cosine_map, fold_into_down_proj, lstsq_map
 from ..plan import MergePlan, SourceSlice
 from ..similarity import last_token_angular_distance
 from .common import layers_to_remove
-from .registry import MethodSpec, option, register_method
+from .registry import MethodSpec, check_options, option, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +65,13 @@ class ReplaceMeConfig:
                                      "or the cosine distance to the block's output, by Adam (cosine)",
                             choices=ESTIMATORS)
     num_blocks: int = option(1, "split the removed layers into this many contiguous blocks, each replaced by its "
-                                "own linear map (default 1)")
+                                "own linear map (default 1)", check="positive")
     lstsq_ridge: float = option(0.0, "ridge of the least-squares map toward the identity, times the mean eigenvalue "
-                                     "of the MLP-output Gram (default 0, as ReplaceMe)")
-    epochs: int = option(10, "cosine estimator: Adam passes over the calibration tokens (default 10)")
-    learning_rate: float = option(1e-4, "cosine estimator: Adam learning rate (default 1e-4)")
+                                     "of the MLP-output Gram (default 0, as ReplaceMe)", check="non_negative")
+    epochs: int = option(10, "cosine estimator: Adam passes over the calibration tokens (default 10)", check="positive")
+    learning_rate: float = option(1e-4, "cosine estimator: Adam learning rate (default 1e-4)", check="positive")
 
-    def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}.")
-        if self.num_blocks < 1:
-            raise ValueError(f"num_blocks must be at least 1, got {self.num_blocks}.")
+    __post_init__ = check_options  # choices and numeric rules of the option(...) fields, named on failure
 
 
 def block_sizes(num_removed: int, num_blocks: int) -> list[int]:

@@ -15,7 +15,7 @@ from ..ops.layer_weights import LayerState
 from ..plan import MergePlan
 from ..similarity import block_influence
 from .common import layers_to_remove
-from .registry import MethodSpec, register_method
+from .registry import MethodSpec, check_options, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +26,8 @@ class ShortGPTConfig:
 
     num_layers: int | None = None
     ratio: float | None = None
+
+    __post_init__ = check_options  # the depth fields' rules, named on failure
 
 
 @torch.no_grad()
