@@ -146,6 +146,8 @@ def check_output_dir(out_dir: str | os.PathLike, overwrite: bool = False,
     ancestor = out.parent
     while not ancestor.exists():
         ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise FileExistsError(f"--out {out_dir}: {ancestor} is a file, so no folder can be made under it.")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise PermissionError(f"--out {out_dir}: cannot write to {ancestor}; choose a writable folder.")
     return out

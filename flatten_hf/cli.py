@@ -320,14 +320,20 @@ def _cast_for_saving(model, save_dtype: str | None):
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
     from .checkpoint import base_model_id, check_output_dir, load_model, resolve_model_path, save_compressed
     from .compression import CalibrationConfig, compress, method_config
 
-    # Everything that needs no model is checked first: --out, the device, the method's options.
-    check_output_dir(args.out, args.overwrite, inputs=(resolve_model_path(args.model),))
+    # Everything that needs no weights is checked first: --out, the device, the method's options, the config.
+    path = resolve_model_path(args.model)
+    check_output_dir(args.out, args.overwrite, inputs=(path,))
     check_device(args.device)
     options = _method_options(args)
     method_config(args.method, ratio=args.ratio, num_layers=args.num_layers, **options)
+    positions = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
+    if positions and args.seq_len > positions:
+        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_position_embeddings {positions}.")
     calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.seq_len, args.batch_size, args.seed,
                                     args.device)
     model, tokenizer = load_model(args.model, args.dtype, args.device)

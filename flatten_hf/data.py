@@ -60,7 +60,11 @@ def _wikitext2(folder: str | None) -> TextSplits:
         import datasets
     except ImportError as e:
         raise ImportError("WikiText-2 needs a local folder (`wikitext2:/path`) or the `datasets` package and network.") from e
-    ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
+    try:
+        ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1")
+    except Exception as e:  # offline: datasets raises ConnectionError, its own errors or OSError, by version
+        raise FileNotFoundError("WikiText-2 could not be downloaded (offline?); give a local folder holding wiki.train.raw "
+                                f"and wiki.test.raw as wikitext2:/path ({type(e).__name__}).") from e
     return TextSplits("wikitext2", ["\n\n".join(ds["train"]["text"])], ["\n\n".join(ds["test"]["text"])])
 
 

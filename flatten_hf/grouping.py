@@ -45,7 +45,9 @@ class SimilarityAccumulator:
             return gram / self.states[0].shape[0]
         norms = gram.diagonal()
         distance = norms[:, None] + norms[None, :] - 2 * gram
-        return 1 - distance / (norms[:, None] * norms[None, :]).sqrt()
+        scale = (norms[:, None] * norms[None, :]).sqrt()
+        # Layers whose inputs are all zero (dead, degenerate): alike when both are zero, unlike otherwise, never NaN.
+        return torch.where(scale > 0, 1 - distance / scale.clamp_min(1e-300), (distance == 0).double())
 
 
 def merge_best_adjacent(groups: list[list[int]], score, max_group_size: int | None = None) -> list[list[int]]:

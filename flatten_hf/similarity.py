@@ -5,11 +5,23 @@ from __future__ import annotations
 import torch
 
 
+def cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """cos(x, y) over the last dimension in float32, with two zero vectors counted as identical (1, not 0).
+
+    A block whose input and output are both zero (a dead layer) changes nothing; torch's cosine calls
+    that 0, which would make ShortGPT rate such a block the most important of all.
+    """
+    x, y = x.float(), y.float()
+    cos = torch.nn.functional.cosine_similarity(x, y, dim=-1)
+    both_zero = (x.abs().amax(-1) == 0) & (y.abs().amax(-1) == 0)
+    return torch.where(both_zero, torch.ones_like(cos), cos)
+
+
 def mean_token_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     """Mean over all tokens of cos(a_t, b_t), computed in float32; `a` and `b` are lists of [B, L, d] batches."""
     total, count = 0.0, 0
     for x, y in zip(a, b):
-        cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1)
+        cos = cosine(x, y)
         total += cos.sum().item()
         count += cos.numel()
     return total / count
@@ -28,7 +40,7 @@ def last_token_angular_distance(a: list[torch.Tensor], b: list[torch.Tensor]) ->
     """
     total, count = 0.0, 0
     for x, y in zip(a, b):
-        cos = torch.nn.functional.cosine_similarity(x[:, -1].float(), y[:, -1].float(), dim=-1)
+        cos = cosine(x[:, -1], y[:, -1])
         total += (torch.arccos(cos.clamp(-1.0, 1.0)) / torch.pi).sum().item()
         count += cos.numel()
     return total / count

@@ -16,7 +16,7 @@ from ..architecture import head_dim_of, loaded_decoder_layer
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, capture, layer_type_of
 from ..ops.channel_selection import ridge_leverage_scores, top_k
-from ..ops.compensation import least_squares_refit, ridge_lambda
+from ..ops.compensation import least_squares_refit, relative_error, ridge_lambda
 from ..ops.folding import fold_norms
 from ..ops.head_selection import query_heads, select_kv_groups
 from ..ops.layer_weights import LayerState, concat, select
@@ -107,6 +107,7 @@ class GroupFlattener:
             u = self.wide.post_attention_layernorm(x + attn)
             channel_energy = channel_energy + (_tokens(mlp.act_fn(mlp.gate_proj(u)) * mlp.up_proj(u)) ** 2).sum(0) * d_rows
         kv_energy = kv_energy.view(-1, self.n_rep * self.head_dim).sum(1)
+        update = max(update, 1e-300)  # a dead group (all inputs zero) has no energy to share
         return kv_energy.double() / update, channel_energy.double() / update, outputs
 
     @torch.no_grad()
@@ -235,7 +236,7 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
             outputs = flattener.first_member_outputs  # already computed on the fit batches
         else:
             outputs = judge.run(layer, flattener.layer_type)
-        errors[name] = _block_error(outputs, judge_targets) / target_sq
+        errors[name] = relative_error(_block_error(outputs, judge_targets), target_sq)
         if best is None or errors[name] < errors[best[0]]:
             best = (name, srcs, st, outputs, layer)
     name, srcs, st, outputs, layer = best

@@ -32,6 +32,7 @@ from transformers import PreTrainedModel
 from ..architecture import layer_sizes, loaded_decoder_layer
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, capture, layer_type_of
+from ..ops.compensation import relative_error
 from ..ops.layer_weights import LayerState
 from ..ops.linear_replacement import cosine_map, fold_into_down_proj, lstsq_map
 from ..plan import MergePlan, SourceSlice
@@ -143,8 +144,8 @@ def fit_block(model: PreTrainedModel, runner: LayerwiseRunner, cut: int, end: in
     new_outputs = runner.run(new_layer, layer_type_of(cfg, cut))
     # squared errors relative to the target's energy: of plain removal (T = I) and of the fitted map
     energy = (y.double() ** 2).sum().item()
-    removal = ((y - h).double() ** 2).sum().item() / energy
-    fit = sum(((o - t).double() ** 2).sum().item() for o, t in zip(new_outputs, targets)) / energy
+    removal = relative_error(((y - h).double() ** 2).sum().item(), energy)
+    fit = relative_error(sum(((o - t).double() ** 2).sum().item() for o, t in zip(new_outputs, targets)), energy)
     report = {"removed": [cut + 1, end], "folded_into": cut, "removal_rel_error": round(removal, 8),
               "fit_rel_error": round(fit, 8)}
     return state, new_outputs, report

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import torch
 
+from .compensation import stable_cholesky
+
 
 def ridge_leverage_scores(gram: torch.Tensor, lam: float) -> torch.Tensor:
     """diag(C (C + lam I)^-1), solved with a Cholesky factorisation of C + lam I (C is symmetric PSD)."""
     c = gram.double()
-    factor = torch.linalg.cholesky(c + lam * torch.eye(c.shape[0], dtype=torch.float64, device=c.device))
+    factor, _ = stable_cholesky(c + lam * torch.eye(c.shape[0], dtype=torch.float64, device=c.device))
     # (C + lam I)^-1 C is X with (C + lam I) X = C; diag(C (C + lam I)^-1) = diag(X^T) = diag(X).
     return torch.diagonal(torch.cholesky_solve(c, factor)).clone()
 

@@ -23,20 +23,28 @@ def ridge_lambda(gram: torch.Tensor, factor: float) -> float:
     return factor * (torch.trace(gram) / gram.shape[0]).item()
 
 
+def stable_cholesky(a: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The Cholesky factor of the symmetric PSD `a` (float64), and the jitter added to its diagonal (0 if none).
+
+    A Gram matrix can be numerically indefinite, or all zero when a layer's inputs vanish (a dead
+    layer, a degenerate checkpoint); rather than a raw "not positive-definite" error, add a jitter of
+    1e-6 x its mean eigenvalue (at least 1e-12) and factor again.
+    """
+    factor, info = torch.linalg.cholesky_ex(a)
+    if info.item() == 0:
+        return factor, 0.0
+    eps = 1e-6 * max((torch.trace(a) / a.shape[0]).item(), 1e-12)
+    return torch.linalg.cholesky(a + eps * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)), eps
+
+
 def least_squares_refit(gram_ss: torch.Tensor, cross_s: torch.Tensor, w_s: torch.Tensor, lam: float) -> torch.Tensor:
     """Solve (gram_ss + lam I) W = cross_s + lam w_s for W (float64 Cholesky), shaped like `w_s`."""
     a = gram_ss.double() + lam * torch.eye(gram_ss.shape[0], dtype=torch.float64, device=gram_ss.device)
     b = cross_s.double() + lam * w_s.double()
-    factor, info = torch.linalg.cholesky_ex(a)
-    if info.item() != 0:
-        # Numerically indefinite (or all zero, e.g. a projection whose inputs vanish): add a little more
-        # ridge toward w_s, on both sides so that it stays a ridge toward w_s, and retry once. A zero
-        # Gram matrix then gives w_s itself, the only answer the data does not contradict.
-        eps = 1e-6 * max((torch.trace(a) / a.shape[0]).item(), 1e-12)
-        a += eps * torch.eye(a.shape[0], dtype=torch.float64, device=a.device)
-        b += eps * w_s.double()
-        factor = torch.linalg.cholesky(a)
-    return torch.cholesky_solve(b, factor)
+    factor, eps = stable_cholesky(a)
+    # The jitter is a little more ridge toward w_s, on both sides so that it stays a ridge toward w_s: a
+    # zero Gram matrix then gives w_s itself, the only answer the data does not contradict.
+    return torch.cholesky_solve(b + eps * w_s.double(), factor)
 
 
 def nystrom_compensation(gram: torch.Tensor, keep: torch.Tensor, w: torch.Tensor, lam: float) -> torch.Tensor:
@@ -49,3 +57,10 @@ def residual_error(gram_ss: torch.Tensor, cross_s: torch.Tensor, target_sq: floa
     """|| Z_S W - T ||^2 from the accumulated statistics, without touching the tokens again."""
     w = w.double()
     return target_sq - 2 * torch.sum(w * cross_s.double()).item() + torch.sum(w * (gram_ss.double() @ w)).item()
+
+
+def relative_error(error: float, energy: float) -> float:
+    """`error / energy`, with 0 when both vanish (a dead layer fitted exactly) and inf when only the energy does."""
+    if energy > 0:
+        return error / energy
+    return 0.0 if error <= 0 else float("inf")
