@@ -43,8 +43,14 @@ def layer_from_sources(model: PreTrainedModel, sources: list[SourceSlice]) -> La
     return parts[0] if len(parts) == 1 else concat(parts)
 
 
-def compressed_config(base_config, plan: MergePlan, stock_if_uniform: bool = True):
-    """The config of the compressed model: the base config with the new depth, widths and plan."""
+def compressed_config(base_config, plan: MergePlan, stock_if_uniform: bool = True,
+                      recorded: MergePlan | None = None):
+    """The config of the compressed model: the base config with the new depth, widths and plan.
+
+    `plan` is over `base_config`'s layers; `recorded`, the plan written into the config, defaults to
+    it (it differs when `base_config` is itself compressed: then it is `plan` composed with the
+    earlier one, over the original layers, see `plan.compose`).
+    """
     arch = architecture_of(base_config)
     fields = {k: v for k, v in base_config.to_dict().items() if k not in _NOT_INHERITED}
     fields["num_hidden_layers"] = len(plan.layers)
@@ -54,7 +60,7 @@ def compressed_config(base_config, plan: MergePlan, stock_if_uniform: bool = Tru
         fields["layer_types"] = [layer_type_of(base_config, g[0]) for g in plan.groups]
         if "max_window_layers" in fields:
             fields["max_window_layers"] = sum(g[0] < base_config.max_window_layers for g in plan.groups)
-    fields["flatten"] = plan.to_dict()
+    fields["flatten"] = (recorded or plan).to_dict()
     sizes = plan.per_layer_sizes()
     dense = {"num_attention_heads_per_layer": base_config.num_attention_heads,
              "num_key_value_heads_per_layer": base_config.num_key_value_heads,
@@ -66,12 +72,12 @@ def compressed_config(base_config, plan: MergePlan, stock_if_uniform: bool = Tru
 
 
 def assemble(base_model: PreTrainedModel, plan: MergePlan, layer_states: list[LayerState],
-             stock_if_uniform: bool = True) -> PreTrainedModel:
+             stock_if_uniform: bool = True, recorded: MergePlan | None = None) -> PreTrainedModel:
     """Instantiate the compressed model and load the new layers plus the base model's embeddings,
-    final norm and LM head into it."""
+    final norm and LM head into it (`recorded`: the plan to store, see `compressed_config`)."""
     if len(layer_states) != len(plan.layers):
         raise ValueError(f"Got {len(layer_states)} layer states for a plan with {len(plan.layers)} layers.")
-    config = compressed_config(base_model.config, plan, stock_if_uniform)
+    config = compressed_config(base_model.config, plan, stock_if_uniform, recorded)
     arch = architecture_of(config)
     model_class = arch.flatten_model_class if config.model_type.startswith("flatten_") else arch.stock_model_class
     config._attn_implementation = base_model.config._attn_implementation

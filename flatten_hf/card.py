@@ -106,34 +106,45 @@ def base_license(base_model: str) -> str | None:
     return None
 
 
-def reproduce_command(plan: MergePlan, config, out: str) -> str:
-    """The `flatten-hf compress` call that rebuilds this checkpoint from its base model."""
-    asset = asset_name_of(plan.base_model)
-    params = plan.method_params
+def _step_commands(method: str, params: dict, model: str, removed: int, out: str, extra: list[str]) -> list[str]:
+    """The `compress` call (and `recover`, when the step was recovered) of one compression step."""
     calib = params.get("calibration", {})
-    removed = plan.source_num_hidden_layers - len(plan.layers)
-    parts = ["flatten-hf compress", asset, f"--method {plan.method}", f"--num-layers {removed}"]
-    for option in METHODS[plan.method].options() if plan.method in METHODS else []:
+    parts = ["flatten-hf compress", model, f"--method {method}", f"--num-layers {removed}"]
+    for option in METHODS[method].options() if method in METHODS else []:
         if option.name in params:
             parts += option.to_argv(params[option.name])
     if calib:
         parts += [f"--calib-source {calib['source']}", f"--calib-samples {calib['num_samples']}",
                   f"--seq-len {calib['seq_len']}", f"--seed {calib['seed']}"]
-    uniform = not hasattr(config, "num_attention_heads_per_layer") or config.is_uniform
-    if uniform and config.model_type.startswith("flatten_"):
-        parts.append("--flattened-classes")
+    parts += extra
     rec = params.get("recovery")
     if not rec:
-        parts.append(f"--out {out}")
-        return " ".join(parts)
-    parts.append(f"--out {out}-compressed")
+        return [" ".join([*parts, f"--out {out}"])]
     from .recovery import RecoveryConfig
 
     defaults = {k: v for k, v in asdict(RecoveryConfig()).items() if k != "save_steps"}
     flags = {"learning_rate": "--lr"}
     recover = [f"flatten-hf recover {out}-compressed"] + [
         f"{flags.get(k, '--' + k.replace('_', '-'))} {rec[k]}" for k, v in defaults.items() if rec.get(k, v) != v]
-    return " ".join(parts) + "\n" + " ".join(recover + [f"--out {out}"])
+    return [" ".join([*parts, f"--out {out}-compressed"]), " ".join(recover + [f"--out {out}"])]
+
+
+def reproduce_command(plan: MergePlan, config, out: str) -> str:
+    """The `flatten-hf` calls that rebuild this checkpoint from its base model, one step after another
+    when it was compressed more than once (the plan's `history`)."""
+    final = {k: v for k, v in plan.method_params.items() if k != "history"}
+    steps = [*plan.method_params.get("history", []),
+             {"method": plan.method, "method_params": final, "num_hidden_layers": len(plan.layers)}]
+    uniform = not hasattr(config, "num_attention_heads_per_layer") or config.is_uniform
+    model, depth, lines = asset_name_of(plan.base_model), plan.source_num_hidden_layers, []
+    for k, step in enumerate(steps):
+        last = k == len(steps) - 1
+        target = out if last else f"{out}-step{k + 1}"
+        extra = ["--flattened-classes"] if last and uniform and config.model_type.startswith("flatten_") else []
+        lines += _step_commands(step["method"], step["method_params"], model, depth - step["num_hidden_layers"],
+                                target, extra)
+        model, depth = target, step["num_hidden_layers"]
+    return "\n".join(lines)
 
 
 def recovery_summary(plan: MergePlan) -> str | None:

@@ -18,6 +18,7 @@ from .data import calibration_ids as make_calibration_ids
 from .methods import METHODS, get_method
 from .methods.common import layers_to_remove
 from .methods.registry import check_options
+from .plan import MergePlan, compose
 from .sampling import SELF_SOURCE, sample_ids
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,12 @@ def compress(
     """
     arch = architecture_of(model.config)
     name, config = method_config(method, **method_kwargs)
+    # An already compressed input: its plan is checked now and the new one is composed with it below.
+    previous = MergePlan.from_config(model.config) if getattr(model.config, "flatten", None) else None
+    if METHODS[name].uniform_widths_only and not getattr(model.config, "is_uniform", True):
+        raise ValueError(f"{name} needs every layer at the same widths, and this model has per-layer widths; compress "
+                         f"its base model instead, or use one of "
+                         f"{', '.join(sorted(m for m, s in METHODS.items() if not s.uniform_widths_only))}.")
     calibration = calibration or CalibrationConfig()
     # Everything that can be checked without compute is checked here, before minutes of calibration.
     layers_to_remove(model.config.num_hidden_layers, config.num_layers, config.ratio)
@@ -148,7 +155,8 @@ def compress(
                         "seq_len": int(calibration_ids.shape[1]), "seed": calibration.seed},
         **plan.method_params,
     }
-    compressed = assemble(model, plan, layer_states, stock_if_uniform)
+    recorded = compose(previous, plan, checkpoint=plan.base_model) if previous else None
+    compressed = assemble(model, plan, layer_states, stock_if_uniform, recorded)
     logger.info("%s: %d -> %d layers in %.1f s", name, model.config.num_hidden_layers,
                 compressed.config.num_hidden_layers, time.perf_counter() - start)
     return compressed

@@ -123,3 +123,62 @@ class MergePlan:
 
     def per_layer_sizes(self) -> dict[str, list[int]]:
         return per_layer_sizes_from_plan(self.to_dict())
+
+
+_INDEX_FIELDS = ("q_heads", "kv_heads", "mlp_channels")
+
+
+def _through(parents: list[SourceSlice], piece: SourceSlice) -> list[SourceSlice]:
+    """The original-layer slices behind `piece`, a slice of an intermediate layer built from `parents`.
+
+    Intermediate index i of a field is the i-th entry of the parents' lists laid side by side; each
+    parent contributes the entries `piece` picks from its span, in `piece`'s order. A parent that
+    `piece` takes nothing from is dropped (as a method drops a member it pruned away), unless it was
+    an empty record already (a layer ReplaceMe folded away) or `piece` is one (the intermediate layer
+    itself was folded away): those stay, so the plan still says where every original layer went.
+    """
+    out = []
+    starts = {f: 0 for f in _INDEX_FIELDS}
+    for parent in parents:
+        picked = {}
+        for f in _INDEX_FIELDS:
+            span = getattr(parent, f)
+            lo = starts[f]
+            picked[f] = [span[i - lo] for i in getattr(piece, f) if lo <= i < lo + len(span)]
+            starts[f] += len(span)
+        parent_empty = not any(getattr(parent, f) for f in _INDEX_FIELDS)
+        piece_empty = not any(getattr(piece, f) for f in _INDEX_FIELDS)
+        if any(picked.values()) or parent_empty or piece_empty:
+            out.append(SourceSlice(parent.layer, picked["q_heads"], picked["kv_heads"], picked["mlp_channels"]))
+    for f in _INDEX_FIELDS:  # the parents' picks, laid side by side, must be the piece's own order
+        order = []
+        lo = 0
+        for parent in parents:
+            n = len(getattr(parent, f))
+            order += [i for i in getattr(piece, f) if lo <= i < lo + n]
+            lo += n
+        if order != getattr(piece, f):
+            raise ValueError(f"A slice of layer {piece.layer} takes its {f} across source layers out of order; it "
+                             "cannot be written as slices of the original layers.")
+    return out
+
+
+def compose(previous: MergePlan, step: MergePlan, checkpoint: str = "") -> MergePlan:
+    """`step`, a plan over the layers of a model that `previous` produced, written over the ORIGINAL layers.
+
+    Compressing a compressed checkpoint must not lose provenance: the result is one plan from the
+    original model (its `base_model` and layer count) to the final one, each new layer's sources
+    resolved through `previous`, heads and channels included, and `method_params["history"]` lists
+    the earlier steps (method, options, depth, and the `checkpoint` the next step read).
+    """
+    if step.source_num_hidden_layers != len(previous.layers):
+        raise ValueError(f"The plan covers {step.source_num_hidden_layers} layers, but the previous plan produced "
+                         f"{len(previous.layers)}.")
+    layers = [[s for piece in sources for s in _through(previous.layers[piece.layer], piece)]
+              for sources in step.layers]
+    earlier = dict(previous.method_params)
+    history = earlier.pop("history", [])
+    history = [*history, {"method": previous.method, "method_params": earlier,
+                          "num_hidden_layers": len(previous.layers), "checkpoint": checkpoint}]
+    return MergePlan(step.method, previous.source_num_hidden_layers, layers,
+                     {**step.method_params, "history": history}, previous.base_model, previous.base_model_type)

@@ -329,6 +329,66 @@ def test_random_per_layer_lists_and_plans_load_or_raise_value_error(plan, heads,
         MergePlan.from_config(config)
 
 
+# --- provenance: compressing a compressed model yields one plan over the ORIGINAL layers --------------------------
+
+IDS = torch.randint(3, 96, (4, 16), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("second", ["shortgpt", "replaceme", "flattengpt"])
+def test_plans_compose_over_the_original_layers(arch, second):
+    base = tiny_model(arch, num_hidden_layers=6)
+    first = flatten_hf.compress(base, "flattengpt", calibration_ids=IDS, num_layers=2, width_policy="global",
+                                stock_if_uniform=False, base_model="org/base")
+    again = flatten_hf.compress(first, second, calibration_ids=IDS, num_layers=1, base_model="out/first")
+    plan = MergePlan.from_config(again.config)  # checked against the original widths
+    assert plan.base_model == "org/base" and plan.source_num_hidden_layers == 6 and plan.method == second
+    assert len(plan.layers) == 3
+    assert [h["method"] for h in plan.method_params["history"]] == ["flattengpt"]
+    assert plan.method_params["history"][0]["checkpoint"] == "out/first"
+    assert plan.per_layer_sizes() == {f: list(getattr(again.config, f, [])) or [getattr(again.config, g)] * 3
+                                      for f, g in (("num_attention_heads_per_layer", "num_attention_heads"),
+                                                   ("num_key_value_heads_per_layer", "num_key_value_heads"),
+                                                   ("intermediate_size_per_layer", "intermediate_size"))}
+    covered = sorted({s.layer for sources in plan.layers for s in sources})
+    assert set(covered) <= set(range(6))
+
+
+def test_a_composed_selection_plan_rebuilds_the_model_from_the_original(arch):
+    """Depth-only FlattenGPT then ShortGPT are pure selections: the composed plan alone, applied to the
+    ORIGINAL weights, must give the final model exactly."""
+    from flatten_hf.assemble import assemble, plan_weights
+
+    base = tiny_model(arch, num_hidden_layers=6)
+    wide = flatten_hf.compress(base, "flattengpt", calibration_ids=IDS, num_layers=2, prune=False)
+    final = flatten_hf.compress(wide, "shortgpt", calibration_ids=IDS, num_layers=1)
+    plan = MergePlan.from_config(final.config)
+    rebuilt = assemble(base, plan, plan_weights(base, plan), stock_if_uniform=False)
+    for (name, a), (_, b) in zip(sorted(final.state_dict().items()), sorted(rebuilt.state_dict().items())):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_compressing_a_checkpoint_keeps_the_original_base_model(checkpoint, compressed, tmp_path, capsys):
+    out = tmp_path / "twice"
+    assert main(["compress", str(compressed), "--num-layers", "1", "--out", str(out), *CALIB]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    plan = json.loads((out / "config.json").read_text())["flatten"]
+    assert plan["base_model"] == str(checkpoint) and plan["source_num_hidden_layers"] == 4
+    assert plan["method_params"]["history"][0]["checkpoint"] == str(compressed)
+    assert f"base model: {checkpoint}" in first_line and "layers: 4 -> 2" in first_line
+    card = (out / "README.md").read_text()  # reproduced in two steps from the original model
+    assert f"flatten-hf compress {checkpoint} --method shortgpt --num-layers 1" in card
+    assert "flatten-hf compress out/twice-step1 --method shortgpt --num-layers 1" in card
+
+
+def test_come_refuses_per_layer_widths_before_compute():
+    first = flatten_hf.compress(tiny_model("llama", num_hidden_layers=6), "flattengpt", calibration_ids=IDS,
+                                num_layers=2, width_policy="global", stock_if_uniform=False)
+    with pytest.raises(ValueError, match="come needs every layer at the same widths"):
+        flatten_hf.compress(first, "come", calibration_ids=IDS, num_layers=1)
+
+
 # --- one line for every ordinary mistake ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("model, message", [

@@ -201,7 +201,7 @@ def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) ->
 
 
 register_method(MethodSpec(
-    name="come", config_class=CoMeConfig, run=come,
+    name="come", config_class=CoMeConfig, run=come, uniform_widths_only=True,
     title="CoMe", paper="[arXiv:2510.15304](https://arxiv.org/abs/2510.15304)",
     summary="Adjacent layers were merged progressively, one pair per step on the current model (the pair whose last-token "
             "hidden states change least across it): each member kept its most sensitive key/value groups (with exactly "

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..architecture import head_dim_of, loaded_decoder_layer
+from ..architecture import head_dim_of, layer_sizes, loaded_decoder_layer
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, capture, layer_type_of
 from ..ops.channel_selection import ridge_leverage_scores, top_k
@@ -50,12 +50,17 @@ class GroupFlattener:
         self.members = [model.model.layers[i] for i in group]
         self.layer_type = layer_type_of(self.cfg, group[0])
         self.head_dim = head_dim_of(self.cfg)
-        self.heads, self.kv_heads, self.channels = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads,
-                                                    self.cfg.intermediate_size)
-        self.n_rep = self.heads // self.kv_heads
-        m = len(group)
+        # Members may differ in width (an input compressed with per-layer widths); the wide block is their sum.
+        sizes = [layer_sizes(self.cfg, i) for i in group]
+        self.n_rep = sizes[0][0] // sizes[0][1]
+        if any(q != kv * self.n_rep for q, kv, _ in sizes):
+            raise ValueError(f"Layers {group} pair different numbers of query heads with each key/value head; they "
+                             "cannot be flattened into one attention block.")
+        self.kv_offsets = [sum(kv for _, kv, _ in sizes[:j]) for j in range(len(sizes) + 1)]
+        self.channel_offsets = [sum(c for _, _, c in sizes[:j]) for j in range(len(sizes) + 1)]
         self.wide_state = concat([fold_norms(layer_state(model, i)) for i in group])
-        self.wide = self._layer(self.wide_state, m * self.heads, m * self.kv_heads, m * self.channels)
+        self.wide = self._layer(self.wide_state, self.kv_offsets[-1] * self.n_rep, self.kv_offsets[-1],
+                                self.channel_offsets[-1])
 
     def _layer(self, state: LayerState, heads: int, kv_heads: int, channels: int) -> nn.Module:
         return loaded_decoder_layer(self.cfg, self.group[0], state, heads, kv_heads, channels, self.runner.device,
@@ -148,9 +153,10 @@ class GroupFlattener:
     def _sources(self, kv_groups: list[int], channels: list[int]) -> list[SourceSlice]:
         """Map kept wide-block indices back to (member layer, local index) pairs."""
         sources = []
+        kv_at, ch_at = self.kv_offsets, self.channel_offsets
         for j, layer in enumerate(self.group):
-            kv = [g - j * self.kv_heads for g in kv_groups if j * self.kv_heads <= g < (j + 1) * self.kv_heads]
-            ch = [c - j * self.channels for c in channels if j * self.channels <= c < (j + 1) * self.channels]
+            kv = [g - kv_at[j] for g in kv_groups if kv_at[j] <= g < kv_at[j + 1]]
+            ch = [c - ch_at[j] for c in channels if ch_at[j] <= c < ch_at[j + 1]]
             if kv or ch:
                 q = query_heads(kv, self.n_rep)
                 sources.append(SourceSlice(layer, q, kv, ch))
@@ -172,7 +178,7 @@ class GroupFlattener:
         kv_groups, w_o_new, attn_err = select_kv_groups(gram_a, cross_a, tsq_a, w_o, self.n_rep, self.head_dim,
                                                         keep_kv, lam_a, opts.attn_compensation)
         q_heads = query_heads(kv_groups, self.n_rep)
-        all_channels = list(range(len(self.group) * self.channels))
+        all_channels = list(range(self.channel_offsets[-1]))
         attn_state = select(self.wide_state, q_heads, kv_groups, all_channels, self.head_dim)
         attn_state["self_attn.o_proj.weight"] = w_o_new.T.to(w_o.dtype).contiguous()
         attention = self._layer(attn_state, len(q_heads), len(kv_groups), len(all_channels))
@@ -214,6 +220,8 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
     fit, held = runner.split(config.holdout_fraction)
     n_fit = len(fit.hidden)
     flattener = GroupFlattener(model, fit, group, config)
+    # never more than the members have (narrower members, from an input with per-layer widths)
+    widths = (min(widths[0], flattener.kv_offsets[-1]), min(widths[1], flattener.channel_offsets[-1]))
     sources, state, fit_targets, report = flattener.pruned(*widths, targets=None if targets is None else targets[:n_fit])
     candidates = [("flattened", sources, state)]
     if flattener.params(*widths) >= flattener.params(cfg.num_key_value_heads, cfg.intermediate_size):
