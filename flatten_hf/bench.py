@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import queue as queue_module
 import resource
 import statistics
 import time
@@ -167,6 +168,10 @@ def benchmark(models: list[str], rounds: int = 1, **kwargs) -> list[SpeedResult]
     `rounds` > 1 the whole list again in new processes, and each model's rounds merged (`merge_rounds`)."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}.")
+    from .checkpoint import resolve_model_path
+
+    for name in models:  # a typo fails here, in one line, not in a child process
+        resolve_model_path(name)
     ctx = mp.get_context("spawn")
     runs: dict[str, list[SpeedResult]] = {name: [] for name in models}
     for r in range(rounds):
@@ -175,9 +180,15 @@ def benchmark(models: list[str], rounds: int = 1, **kwargs) -> list[SpeedResult]
             queue = ctx.Queue()
             proc = ctx.Process(target=_child, args=(queue, (name,), kwargs))
             proc.start()
-            result = queue.get()
+            result = None
+            while result is None:  # a child that dies (an error, out of memory) never puts a result
+                try:
+                    result = queue.get(timeout=1.0)
+                except queue_module.Empty:
+                    if not proc.is_alive():
+                        break
             proc.join()
-            if proc.exitcode != 0:
+            if proc.exitcode != 0 or result is None:
                 raise RuntimeError(f"benchmarking {name} failed (exit code {proc.exitcode}).")
             runs[name].append(SpeedResult.from_dict(result))
     return [merge_rounds(runs[name]) for name in models]

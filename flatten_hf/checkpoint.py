@@ -186,7 +186,11 @@ def clean_stale_siblings(parent: Path) -> None:
 
 
 def _sibling(out: Path, kind: str) -> Path:
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.flatten-hf-{kind}-{os.getpid()}-"))
+    folder = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.flatten-hf-{kind}-{os.getpid()}-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); the checkpoint is an ordinary folder
+    return folder
 
 
 def add_v4_rope_keys(config_path: Path) -> None:

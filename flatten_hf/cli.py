@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .checks import argparse_type, check_device
 
@@ -17,6 +18,23 @@ NON_NEGATIVE_INT = argparse_type(int, "non_negative")
 POSITIVE_FLOAT = argparse_type(float, "positive")
 NON_NEGATIVE_FLOAT = argparse_type(float, "non_negative")
 FRACTION = argparse_type(float, "fraction")
+
+
+def positive_int_list(text: str) -> tuple[int, ...]:
+    """A comma-separated list of positive integers, e.g. '512,2048'."""
+    return tuple(POSITIVE_INT(part) for part in text.split(","))
+
+
+def shard_size(text: str) -> str:
+    """A size such as '5GB' or '500MB', checked when parsed rather than after the compute at save time."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        if convert_file_size_to_int(text) <= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 5GB or 500MB, got {text!r}") from None
+    return text
 
 DESCRIPTION = """\
 Make LLaMA- and Qwen2-family causal LMs shallower: compress them with a depth-compression method,
@@ -129,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="always save with the Flattened* classes, even when every layer has the dense widths")
     comp.add_argument("--no-card", dest="card", action="store_false",
                       help="do not write a model card (README.md) into --out")
-    comp.add_argument("--max-shard-size", default="5GB",
+    comp.add_argument("--max-shard-size", type=shard_size, default="5GB",
                       help="split the safetensors weights into shards of at most this size (default 5GB)")
     _add_save_dtype_arg(comp)
     _add_method_option_groups(comp)
@@ -260,8 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="measure every model in R separate processes, interleaved (all models once per round), "
                             "and report the median over the processes: on a shared machine processes running the "
                             "same model can differ by ~10%% (default 1)")
-    bench.add_argument("--seq-lens", default="512,2048", help="prefill lengths (default 512,2048)")
-    bench.add_argument("--batches", default="1,16", help="decode batch sizes (default 1,16)")
+    bench.add_argument("--seq-lens", type=positive_int_list, default=(512, 2048),
+                       help="prefill lengths (default 512,2048)")
+    bench.add_argument("--batches", type=positive_int_list, default=(1, 16), help="decode batch sizes (default 1,16)")
     bench.add_argument("--new-tokens", type=POSITIVE_INT, default=128, help="tokens generated per decode run (default 128)")
     bench.add_argument("--json", default=None, help="also write the results to this JSON file (input of `report`)")
     _add_model_args(bench)
@@ -349,11 +368,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-# option -> (flag, method): method options reach only the method that takes them.
 def _cmd_recover(args: argparse.Namespace) -> int:
     import shutil
     from dataclasses import fields
-    from pathlib import Path
 
     from transformers import AutoConfig
 
@@ -423,9 +440,10 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
+    from .checkpoint import resolve_model_path
     from .plan import MergePlan
 
-    config = AutoConfig.from_pretrained(args.model)
+    config = AutoConfig.from_pretrained(resolve_model_path(args.model))
     if not getattr(config, "flatten", None):
         print(f"{args.model} has no merge plan (not compressed by flatten-hf).", file=sys.stderr)
         return 1
@@ -444,9 +462,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_checkpoint(folder: str) -> str:
+    """A command that writes into (or uploads) a checkpoint folder needs a local one, not a Hub id."""
+    from .checkpoint import resolve_model_path
+
+    if not Path(folder).expanduser().is_dir():
+        raise FileNotFoundError(f"{folder!r} is not a local checkpoint folder.")
+    return resolve_model_path(folder)
+
+
 def _cmd_card(args: argparse.Namespace) -> int:
     from .card import write_card
 
+    _local_checkpoint(args.dir)
     if args.measure:
         from .evaluation import measure_against_base
 
@@ -458,6 +486,7 @@ def _cmd_card(args: argparse.Namespace) -> int:
 def _cmd_push(args: argparse.Namespace) -> int:
     from .hub import push_to_hub
 
+    _local_checkpoint(args.dir)
     info = push_to_hub(args.dir, args.repo_id, private=args.private, revision=args.revision,
                        create_pr=args.create_pr, token=args.token, commit_message=args.commit_message)
     print(f"pushed {args.dir} to {args.repo_id}: {info.pr_url or info.commit_url}")
@@ -504,8 +533,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     results = benchmark(args.models, rounds=args.rounds, repeats=args.repeats, device=args.device,
-                        dtype=args.dtype, seq_lens=tuple(int(s) for s in args.seq_lens.split(",")),
-                        batches=tuple(int(b) for b in args.batches.split(",")), new_tokens=args.new_tokens)
+                        dtype=args.dtype, seq_lens=args.seq_lens, batches=args.batches, new_tokens=args.new_tokens)
     settings = {"device": results[0].device, "threads": results[0].threads, "dtype": args.dtype,
                 "repeats": args.repeats, "rounds": args.rounds, "torch": torch.__version__}
     print(", ".join(f"{k}: {v}" for k, v in settings.items()))
@@ -524,7 +552,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _write_json(path: str, data: dict) -> None:
     import json
-    from pathlib import Path
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=1) + "\n")
