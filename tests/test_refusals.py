@@ -523,3 +523,11 @@ def test_a_dead_layer_is_the_least_influential():
     assert block_influence([zero], [zero]) == 0.0
     assert block_influence([x], [x]) == pytest.approx(0.0, abs=1e-6)
     assert block_influence([x], [-x]) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("method", ["flattengpt", "replaceme"])
+def test_same_seed_same_bytes(checkpoint, tmp_path, method):
+    for name in ("a", "b"):
+        assert main(["compress", str(checkpoint), "--method", method, "--num-layers", "1", "--out",
+                     str(tmp_path / name), *CALIB]) == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
