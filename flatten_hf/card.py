@@ -113,9 +113,10 @@ def _step_commands(method: str, params: dict, model: str, removed: int, out: str
     for option in METHODS[method].options() if method in METHODS else []:
         if option.name in params:
             parts += option.to_argv(params[option.name])
-    if calib:
-        parts += [f"--calib-source {calib['source']}", f"--calib-samples {calib['num_samples']}",
-                  f"--seq-len {calib['seq_len']}", f"--seed {calib['seed']}"]
+    if calib:  # ids handed to `compress` directly have no CLI spelling: their size is all it can say
+        source = [] if calib["source"] == "calibration_ids" else [f"--calib-source {calib['source']}"]
+        parts += [*source, f"--calib-samples {calib['num_samples']}", f"--seq-len {calib['seq_len']}",
+                  f"--seed {calib['seed']}"]
     parts += extra
     rec = params.get("recovery")
     if not rec:

@@ -343,6 +343,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     from .checkpoint import base_model_id, check_output_dir, load_model, resolve_model_path, save_compressed
     from .compression import CalibrationConfig, compress, method_config
+    from .data import check_text_source
 
     # Everything that needs no weights is checked first: --out, the device, the method's options, the config.
     path = resolve_model_path(args.model)
@@ -355,6 +356,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_position_embeddings {positions}.")
     calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.seq_len, args.batch_size, args.seed,
                                     args.device)
+    for part in args.calib_source.split("+"):
+        if part != "self":
+            check_text_source(part)
     model, tokenizer = load_model(args.model, args.dtype, args.device)
     start = time.perf_counter()
     compressed = compress(model, args.method, tokenizer=tokenizer, calibration=calibration,
@@ -418,10 +422,11 @@ def _params(model) -> int:
 
 def _cmd_ppl(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .data import evaluation_ids
+    from .data import check_text_source, evaluation_ids
     from .perplexity import perplexity
 
     check_device(args.device)
+    check_text_source(args.source)
     rows = []
     for name in args.models:
         model, tokenizer = load_model(name, args.dtype, args.device)
@@ -495,13 +500,18 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model, resolve_model_path
+    from .data import check_text_source
     from .evaluation import evaluate, request_cache_prefix
     from .report import Row, label_of, quality_table
-    from .zeroshot import TASKS
+    from .zeroshot import TASKS, check_tasks
 
     tasks = TASKS if args.tasks is None else tuple(t for t in args.tasks.split(",") if t and t != "none")
     ppl = args.ppl or args.tasks is None or not tasks
-    check_device(args.device)
+    check_device(args.device)  # and everything else that needs no model, before the first one loads
+    check_tasks(tasks, args.task_source)
+    if ppl:
+        for source in {args.source, args.other_source} - {"none"}:
+            check_text_source(source)
     results = []
     for name in args.models:
         cache = request_cache_prefix(args.cache, resolve_model_path(name), args.dtype) if args.cache else None

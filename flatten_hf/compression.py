@@ -129,6 +129,7 @@ def compress(
         raise ValueError(f"{name} needs every layer at the same widths, and this model has per-layer widths; compress "
                          f"its base model instead, or use one of "
                          f"{', '.join(sorted(m for m, s in METHODS.items() if not s.uniform_widths_only))}.")
+    given_calibration, given_ids = calibration is not None, calibration_ids is not None
     calibration = calibration or CalibrationConfig()
     # Everything that can be checked without compute is checked here, before minutes of calibration.
     layers_to_remove(model.config.num_hidden_layers, config.num_layers, config.ratio)
@@ -151,7 +152,8 @@ def compress(
     plan.base_model_type = arch.base_model_type
     plan.method_params = {
         **{k: v for k, v in asdict(config).items() if v is not None},
-        "calibration": {"source": calibration.source, "num_samples": int(calibration_ids.shape[0]),
+        "calibration": {"source": calibration.source if given_calibration or not given_ids else "calibration_ids",
+                        "num_samples": int(calibration_ids.shape[0]),
                         "seq_len": int(calibration_ids.shape[1]), "seed": calibration.seed},
         **plan.method_params,
     }

@@ -73,6 +73,26 @@ def _jsonl_texts(path: Path) -> list[str]:
         return [json.loads(line)["text"] for line in f]
 
 
+def check_text_source(source: str) -> None:
+    """Refuse a source name that `load_text_source` cannot resolve, without reading any text.
+
+    Cheap, so that commands call it before loading a model; WikiText-2 from the Hub (no folder) is
+    only found to be unreachable when it is loaded.
+    """
+    if source in ("wikipedia", "lambada", "wikitext2"):
+        return
+    if source.startswith("wikitext2:"):
+        root = Path(source.partition(":")[2]).expanduser()
+        if not ((root / "wiki.train.raw").is_file() and (root / "wiki.test.raw").is_file()):
+            raise FileNotFoundError(f"{source} must name a folder holding wiki.train.raw and wiki.test.raw.")
+        return
+    if not Path(source).expanduser().is_file():
+        raise ValueError(
+            f"Unknown text source {source!r}: use 'wikipedia' (offline default), 'lambada' (fiction), 'wikitext2', "
+            "'wikitext2:/folder/with/wiki.*.raw', or the path of a local text file."
+        )
+
+
 def load_text_source(source: str = "wikipedia") -> TextSplits:
     """Resolve a source name (see the module docstring) into disjoint calibration/evaluation documents."""
     if source == "wikipedia":
@@ -81,13 +101,9 @@ def load_text_source(source: str = "wikipedia") -> TextSplits:
         return _split_documents("lambada", _jsonl_texts(fiction_passages()))
     if source == "wikitext2" or source.startswith("wikitext2:"):
         return _wikitext2(source.partition(":")[2] or None)
+    check_text_source(source)
     path = Path(source).expanduser()
-    if path.is_file():
-        return _split_documents(str(path), path.read_text().split("\n\n"))
-    raise ValueError(
-        f"Unknown text source {source!r}: use 'wikipedia' (offline default), 'lambada' (fiction), 'wikitext2', "
-        "'wikitext2:/folder/with/wiki.*.raw', or the path of a local text file."
-    )
+    return _split_documents(str(path), path.read_text().split("\n\n"))
 
 
 def tokenize_documents(tokenizer, docs: list[str]) -> torch.Tensor:

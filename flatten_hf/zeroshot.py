@@ -131,6 +131,14 @@ def task_manager(source: str = "offline"):
     return TaskManager(include_path=str(offline_task_dir()), include_defaults=False)
 
 
+def check_tasks(tasks: tuple[str, ...] | list[str], source: str = "offline") -> None:
+    """Refuse task names that have no offline data (cheap: call it before loading any model)."""
+    unknown = sorted(set(tasks) - set(TASKS)) if source == "offline" else []
+    if unknown:
+        raise ValueError(f"No offline data for task(s) {', '.join(unknown)}; offline tasks are {', '.join(TASKS)} "
+                         "(use --task-source hub for others, with network).")
+
+
 def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limit: int | None = None,
               batch_size: int = 32, source: str = "offline", cache: str | None = None) -> tuple[list[TaskScore], dict]:
     """Run lm-eval's `simple_evaluate` on an already-loaded model; return the scores and lm-eval's raw results.
@@ -150,10 +158,7 @@ def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limi
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    unknown = sorted(set(tasks) - set(TASKS)) if source == "offline" else []
-    if unknown:
-        raise ValueError(f"No offline data for task(s) {', '.join(unknown)}; offline tasks are {', '.join(TASKS)} "
-                         "(use --task-source hub for others, with network).")
+    check_tasks(tasks, source)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
     results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, task_manager=task_manager(source),
                               log_samples=False, bootstrap_iters=1000, random_seed=0, numpy_random_seed=1234,

@@ -25,7 +25,9 @@ def compressed_folder(tmp_path, arch="llama", **options):
     model = tiny_model(arch)
     ids = torch.randint(3, 90, (4, 32), generator=torch.Generator().manual_seed(0))
     out = tmp_path / "tiny-flattengpt"
-    compressed = flatten_hf.compress(model, "flattengpt", calibration_ids=ids, num_layers=1, base_model=BASE, **options)
+    # the ids stand in for Wikipedia windows; the calibration config says so, as `compress` on text would
+    compressed = flatten_hf.compress(model, "flattengpt", calibration_ids=ids, num_layers=1, base_model=BASE,
+                                     calibration=flatten_hf.CalibrationConfig("wikipedia", 4, 32), **options)
     flatten_hf.save_compressed(compressed, out)
     return model, compressed, out
 
