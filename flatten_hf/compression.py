@@ -125,10 +125,6 @@ def compress(
     name, config = method_config(method, **method_kwargs)
     # An already compressed input: its plan is checked now and the new one is composed with it below.
     previous = MergePlan.from_config(model.config) if getattr(model.config, "flatten", None) else None
-    if METHODS[name].uniform_widths_only and not getattr(model.config, "is_uniform", True):
-        raise ValueError(f"{name} needs every layer at the same widths, and this model has per-layer widths; compress "
-                         f"its base model instead, or use one of "
-                         f"{', '.join(sorted(m for m, s in METHODS.items() if not s.uniform_widths_only))}.")
     given_calibration, given_ids = calibration is not None, calibration_ids is not None
     calibration = calibration or CalibrationConfig()
     # Everything that can be checked without compute is checked here, before minutes of calibration.

@@ -334,7 +334,7 @@ def test_random_per_layer_lists_and_plans_load_or_raise_value_error(plan, heads,
 IDS = torch.randint(3, 96, (4, 16), generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("second", ["shortgpt", "replaceme", "flattengpt"])
+@pytest.mark.parametrize("second", ["shortgpt", "replaceme", "flattengpt", "come"])
 def test_plans_compose_over_the_original_layers(arch, second):
     base = tiny_model(arch, num_hidden_layers=6)
     first = flatten_hf.compress(base, "flattengpt", calibration_ids=IDS, num_layers=2, width_policy="global",
@@ -380,13 +380,6 @@ def test_compressing_a_checkpoint_keeps_the_original_base_model(checkpoint, comp
     card = (out / "README.md").read_text()  # reproduced in two steps from the original model
     assert f"flatten-hf compress {checkpoint} --method shortgpt --num-layers 1" in card
     assert "flatten-hf compress out/twice-step1 --method shortgpt --num-layers 1" in card
-
-
-def test_come_refuses_per_layer_widths_before_compute():
-    first = flatten_hf.compress(tiny_model("llama", num_hidden_layers=6), "flattengpt", calibration_ids=IDS,
-                                num_layers=2, width_policy="global", stock_if_uniform=False)
-    with pytest.raises(ValueError, match="come needs every layer at the same widths"):
-        flatten_hf.compress(first, "come", calibration_ids=IDS, num_layers=1)
 
 
 # --- one line for every ordinary mistake ----------------------------------------------------------------------------

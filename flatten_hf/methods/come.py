@@ -31,14 +31,14 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..architecture import head_dim_of, loaded_decoder_layer
+from ..architecture import head_dim_of, layer_sizes, loaded_decoder_layer
 from ..assemble import layer_from_sources, layer_state, whole_layer
 from ..calibration import LayerwiseRunner, layer_type_of
 from ..ops.channel_selection import top_k
 from ..ops.head_selection import query_heads
 from ..ops.layer_weights import LayerState, concat_averaged_norms, select
 from ..ops.sensitivity import channel_sensitivity, kv_group_sensitivity
-from ..ops.share_allocation import distribute_and_round, influence_shares
+from ..ops.share_allocation import cap_counts, distribute_and_round, influence_shares
 from ..plan import MergePlan, SourceSlice
 from ..similarity import block_influence, last_token_angular_distance
 from .common import layers_to_remove
@@ -131,10 +131,12 @@ def measure_layer(layer: nn.Module, layer_type: str, runner: LayerwiseRunner, in
 def select_pair_sources(layers: list[int], stats: list[_Stats], num_kv_heads: int, intermediate_size: int,
                         n_rep: int) -> tuple[list[SourceSlice], list[float]]:
     """Each member's share of the width (by Block Influence) and its most sensitive key/value groups
-    (with exactly their own query heads) and MLP channels, as plan entries; plus the shares."""
+    (with exactly their own query heads) and MLP channels, as plan entries; plus the shares. A share
+    never exceeds what its member has (see `cap_counts`)."""
     shares = influence_shares([s.block_influence for s in stats])
-    kv_counts = distribute_and_round(shares, num_kv_heads)
-    channel_counts = distribute_and_round(shares, intermediate_size)
+    kv_counts = cap_counts(distribute_and_round(shares, num_kv_heads), [len(s.kv_sensitivity) for s in stats])
+    channel_counts = cap_counts(distribute_and_round(shares, intermediate_size),
+                                [len(s.channel_sensitivity) for s in stats])
     sources = []
     for layer, s, n_kv, n_ch in zip(layers, stats, kv_counts, channel_counts):
         kv = top_k(s.kv_sensitivity, n_kv).tolist()
@@ -183,11 +185,13 @@ def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) ->
                       if len(current[k].group) == 1 and len(current[k + 1].group) == 1}
         k = min(candidates, key=candidates.get)
         pair = current[k].group + current[k + 1].group
-        sources, shares = select_pair_sources(pair, [stats[k], stats[k + 1]], cfg.num_key_value_heads,
-                                              cfg.intermediate_size, n_rep)
+        # The merged layer is as wide as its members on average: the dense width for a uniform model.
+        sizes = [layer_sizes(cfg, i) for i in pair]
+        kv_heads, channels = (round(sum(size[j] for size in sizes) / 2) for j in (1, 2))
+        sources, shares = select_pair_sources(pair, [stats[k], stats[k + 1]], kv_heads, channels, n_rep)
         state = merged_state(model, sources, shares, config.norms)
-        module = loaded_decoder_layer(cfg, pair[0], state, cfg.num_attention_heads, cfg.num_key_value_heads,
-                                      cfg.intermediate_size, runner.device, model.dtype)
+        module = loaded_decoder_layer(cfg, pair[0], state, kv_heads * n_rep, kv_heads, channels, runner.device,
+                                      model.dtype)
         current[k:k + 2] = [_Layer(sources, module, state)]
         del stats[k:], inputs[k + 1:]
         merges.append({"layers": pair, "distance": round(candidates[k], 6), "shares": [round(r, 4) for r in shares],
@@ -201,7 +205,7 @@ def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) ->
 
 
 register_method(MethodSpec(
-    name="come", config_class=CoMeConfig, run=come, uniform_widths_only=True,
+    name="come", config_class=CoMeConfig, run=come,
     title="CoMe", paper="[arXiv:2510.15304](https://arxiv.org/abs/2510.15304)",
     summary="Adjacent layers were merged progressively, one pair per step on the current model (the pair whose last-token "
             "hidden states change least across it): each member kept its most sensitive key/value groups (with exactly "

@@ -81,8 +81,6 @@ class MethodSpec:
         run: `(model, runner, config) -> (MergePlan, layer states)`.
         title, paper, summary, citation: the model card's text (paper as a Markdown link).
         label: the report's name of a variant, from the plan's `method_params` (default: the name).
-        uniform_widths_only: the method cannot take an input whose layers differ in width (one
-            compressed with per-layer widths); `compress` refuses such an input before any compute.
     """
 
     name: str
@@ -93,7 +91,6 @@ class MethodSpec:
     summary: str
     citation: str
     label: Callable[[dict], str] | None = None
-    uniform_widths_only: bool = False
 
     def options(self) -> list[CliOption]:
         """The config fields declared with `option(...)`, in declaration order."""

@@ -28,3 +28,20 @@ def distribute_and_round(shares: Sequence[float], total: int) -> list[int]:
     counts[largest] = total - sum(c for i, c in enumerate(counts) if i != largest)
     return counts
 
+
+
+def cap_counts(counts: Sequence[int], caps: Sequence[int]) -> list[int]:
+    """`counts` with none above its cap, the excess moved to the members with room (in order), same sum.
+
+    A member can give no more heads or channels than it has: with inputs of per-layer widths a
+    narrow member's share of a merged layer may exceed its own width.
+    """
+    if sum(counts) > sum(caps):
+        raise ValueError(f"Cannot take {sum(counts)} units from members holding {sum(caps)}.")
+    out = [min(c, cap) for c, cap in zip(counts, caps)]
+    excess = sum(counts) - sum(out)
+    for i, cap in enumerate(caps):
+        take = min(excess, cap - out[i])
+        out[i] += take
+        excess -= take
+    return out
