@@ -28,6 +28,9 @@ def perplexity(model: PreTrainedModel, token_ids: torch.Tensor, seq_len: int = 5
     Each window is scored independently (no context carried across windows), as GPTQ, SLEB, SliceGPT
     and CoMe do; the first token of a window is context only.
     """
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions and seq_len > positions:  # beyond them RoPE extrapolates: a number, but not a meaningful one
+        raise ValueError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings {positions}.")
     model.eval()
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0

@@ -50,7 +50,13 @@ def display_name(name: str) -> str:
 
 
 def load_results(path: str | Path) -> tuple[dict, list]:
-    data = json.loads(Path(path).read_text())
+    """The settings and models of one `flatten-hf eval --json` (or `bench --json`) file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON ({e}).") from None
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise ValueError(f"{path} has no 'models' list: it is not a file written by `flatten-hf eval --json`.")
     return data.get("settings", {}), data["models"]
 
 

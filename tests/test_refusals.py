@@ -451,6 +451,17 @@ def test_seq_len_beyond_the_models_positions(checkpoint, tmp_path, capsys):
     one_line_error(capsys, code, "--seq-len 4096 exceeds the model's max_position_embeddings 256")
 
 
+def test_perplexity_windows_beyond_the_models_positions(checkpoint, capsys):
+    code = main(["ppl", str(checkpoint), "--seq-len", "512", "--max-windows", "1"])
+    one_line_error(capsys, code, "--seq-len 512 exceeds the model's max_position_embeddings 256")
+
+
+@pytest.mark.parametrize("content, message", [("{", "is not JSON"), ('{"settings": {}}', "has no 'models' list")])
+def test_report_from_a_file_that_is_no_eval_json(tmp_path, capsys, content, message):
+    (tmp_path / "x.json").write_text(content)
+    one_line_error(capsys, main(["report", "--eval", str(tmp_path / "x.json"), "--out", str(tmp_path / "r")]), message)
+
+
 def test_ratio_that_removes_nothing_or_everything(checkpoint, tmp_path, capsys):
     code = main(["compress", str(checkpoint), "--num-layers", "4", "--out", str(tmp_path / "out"), *CALIB])
     one_line_error(capsys, code, "Cannot remove 4 of 4 decoder layers")
