@@ -1,6 +1,6 @@
 """Which adjacent layers to flatten together: FlattenGPT's greedy merge on a similarity matrix.
 
-S[i, j] is the mean per-token cosine similarity between the hidden states entering layers i and j.
+S[i, j] is the similarity (see `SimilarityAccumulator`) between the hidden states entering layers i and j.
 Flattening runs a group's layers on the group's first input, so a group is only as good as the
 similarity of its first and last members' inputs: the candidate merge of adjacent groups [a..b] and
 [b+1..d] is scored S[a, d] (the paper's "delete row l and column l-1" rule). Each step merges the
