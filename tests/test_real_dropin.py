@@ -98,7 +98,9 @@ def test_pipeline_keeps_the_chat_template(checkpoints, smollm2, name):
     _, base_tokenizer = smollm2
     generator = pipeline("text-generation", model=str(checkpoints[name]))
     assert generator.tokenizer.chat_template == base_tokenizer.chat_template
-    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    # A prompt both 24-layer models answer: the l2-grouped FlattenGPT one (at this test's 16 x 256
+    # calibration tokens) ends "What is the capital of France?" at once with <|im_end|>, an empty reply.
+    messages = [{"role": "user", "content": "Write a haiku about rivers."}]
     reply = generator(messages, max_new_tokens=12, do_sample=False)[0]["generated_text"]
     assert reply[:-1] == messages and reply[-1]["role"] == "assistant" and reply[-1]["content"].strip()
     # The pipeline's reply is exactly the greedy continuation of the chat-templated prompt.
