@@ -187,6 +187,9 @@ import flatten_hf.checkpoint as checkpoint
 from flatten_hf import FlattenLlamaConfig
 from flatten_hf.cli import main
 
+# As in a terminal: a background or nohup parent (CI) may hand SIGINT down ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 def interrupt_mid_save(path):  # called after the weights are in the staging folder
     os.kill(os.getpid(), signal.{signal})
 checkpoint.add_v4_rope_keys = interrupt_mid_save
