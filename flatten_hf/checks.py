@@ -60,6 +60,14 @@ def argparse_type(parse: Callable[[str], Any], rule: str | None) -> Callable[[st
     return convert
 
 
+def check_positions(seq_len: int, config: Any, name: str = "--seq-len") -> None:
+    """Refuse windows longer than the model's positions: beyond them RoPE extrapolates, which gives a
+    number, but not a meaningful one."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and seq_len > positions:
+        raise ValueError(f"{name} {seq_len} exceeds the model's max_position_embeddings {positions}.")
+
+
 def check_device(device: str | None) -> None:
     """Refuse a device torch cannot use here, naming what to pass instead."""
     if device is None:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .checks import argparse_type, check_device
+from .checks import argparse_type, check_device, check_positions
 
 POSITIVE_INT = argparse_type(int, "positive")
 NON_NEGATIVE_INT = argparse_type(int, "non_negative")
@@ -351,9 +351,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     check_device(args.device)
     options = _method_options(args)
     method_config(args.method, ratio=args.ratio, num_layers=args.num_layers, **options)
-    positions = getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", None)
-    if positions and args.seq_len > positions:
-        raise ValueError(f"--seq-len {args.seq_len} exceeds the model's max_position_embeddings {positions}.")
+    check_positions(args.seq_len, AutoConfig.from_pretrained(path))
     calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.seq_len, args.batch_size, args.seed,
                                     args.device)
     for part in args.calib_source.split("+"):
@@ -381,9 +379,10 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     from .checkpoint import asset_name_of, check_output_dir, load_model, resolve_model_path, save_compressed
     from .recovery import RecoveryConfig, plan_of, recover
 
-    out = check_output_dir(args.out, args.overwrite, inputs=(resolve_model_path(args.model),))
+    path = resolve_model_path(args.model)
+    out = check_output_dir(args.out, args.overwrite, inputs=(path,))
     check_device(args.device)
-    plan = plan_of(AutoConfig.from_pretrained(resolve_model_path(args.model)))  # fail before loading anything
+    plan = plan_of(AutoConfig.from_pretrained(path))  # fail before loading anything
     config = RecoveryConfig(**{f.name: getattr(args, f.name) for f in fields(RecoveryConfig)})
     student, tokenizer = load_model(args.model, args.dtype, args.device)
     teacher, _ = load_model(args.teacher or asset_name_of(plan.base_model), args.dtype, args.device)
@@ -467,13 +466,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_checkpoint(folder: str) -> str:
+def _local_checkpoint(folder: str) -> None:
     """A command that writes into (or uploads) a checkpoint folder needs a local one, not a Hub id."""
     from .checkpoint import resolve_model_path
 
     if not Path(folder).expanduser().is_dir():
         raise FileNotFoundError(f"{folder!r} is not a local checkpoint folder.")
-    return resolve_model_path(folder)
+    resolve_model_path(folder)  # a folder without config.json is refused in one line
 
 
 def _cmd_card(args: argparse.Namespace) -> int:

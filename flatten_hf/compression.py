@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from .architecture import architecture_of
 from .assemble import assemble
 from .calibration import LayerwiseRunner
-from .checks import check_finite, check_value
+from .checks import check_finite, check_positions, check_value
 from .data import calibration_ids as make_calibration_ids
 from .methods import METHODS, get_method
 from .methods.common import layers_to_remove
@@ -131,10 +131,8 @@ def compress(
     layers_to_remove(model.config.num_hidden_layers, config.num_layers, config.ratio)
     if calibration_ids is None and tokenizer is None:
         raise ValueError("compress needs a tokenizer to build calibration data, or ready calibration_ids.")
-    positions = getattr(model.config, "max_position_embeddings", None)
     seq_len = calibration.seq_len if calibration_ids is None else calibration_ids.shape[-1]
-    if positions and seq_len > positions:
-        raise ValueError(f"calibration seq_len {seq_len} exceeds the model's max_position_embeddings {positions}.")
+    check_positions(seq_len, model.config, "calibration seq_len")
     check_finite(model, "The model")
     if calibration_ids is not None and (calibration_ids.dim() != 2 or calibration_ids.numel() == 0):
         raise ValueError(f"calibration_ids must be a non-empty [N, L] tensor of token ids, got shape "

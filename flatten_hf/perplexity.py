@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from .checks import check_positions
+
 
 def windows(token_ids: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
     """Cut a 1-D token stream into `[n, seq_len]` non-overlapping windows, dropping the remainder."""
@@ -28,9 +30,7 @@ def perplexity(model: PreTrainedModel, token_ids: torch.Tensor, seq_len: int = 5
     Each window is scored independently (no context carried across windows), as GPTQ, SLEB, SliceGPT
     and CoMe do; the first token of a window is context only.
     """
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions and seq_len > positions:  # beyond them RoPE extrapolates: a number, but not a meaningful one
-        raise ValueError(f"--seq-len {seq_len} exceeds the model's max_position_embeddings {positions}.")
+    check_positions(seq_len, model.config)
     model.eval()
     device = next(model.parameters()).device
     total_nll, total_tokens = 0.0, 0
