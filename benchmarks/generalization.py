@@ -132,7 +132,8 @@ def main() -> None:
             compressed = flatten_hf.compress(model, method, calibration_ids=calibration[source],
                                              calibration=CalibrationConfig(source, args.calib_samples, 512), **variant)
         if args.save_dir and method != "dense":
-            flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer)
+            flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer,
+                                       card_writer=flatten_hf.write_card)
         row = {"key": key_of(todo[0]), "layers": compressed.config.num_hidden_layers,
                **measure(compressed, tokenizer, args.windows, args.limit, texts),
                "plan_groups": compressed.config.flatten["merge_plan"] if method != "dense" else None}

@@ -1,4 +1,5 @@
-"""flatten-hf: depth compression (FlattenGPT, ShortGPT, CoMe) for Hugging Face LLaMA and Qwen2 causal LMs.
+"""flatten-hf: depth compression (FlattenGPT, ShortGPT, ReplaceMe, CoMe) for Hugging Face causal LMs
+(LLaMA, Mistral, Qwen2, Qwen3; more through `flatten_hf.adapters`).
 
 Importing the package registers the flattened config and model classes with transformers' Auto
 classes, so compressed checkpoints load with `AutoModelForCausalLM.from_pretrained` directly.
@@ -11,16 +12,10 @@ from .evaluation import EvalResult, evaluate
 from .hub import push_to_hub
 from .methods.come import CoMeConfig
 from .methods.flattengpt import FlattenGPTConfig
+from .methods.replaceme import ReplaceMeConfig
 from .methods.shortgpt import ShortGPTConfig
-from .modeling import (
-    FlattenConfig,
-    FlattenedLlamaForCausalLM,
-    FlattenedLlamaModel,
-    FlattenedQwen2ForCausalLM,
-    FlattenedQwen2Model,
-    FlattenLlamaConfig,
-    FlattenQwen2Config,
-)
+from .modeling import *  # noqa: F403  (the config and model classes)
+from .modeling import __all__ as _modeling_all
 from .perplexity import perplexity
 from .plan import MergePlan, SourceSlice
 from .recovery import RecoveryConfig, recover
@@ -34,16 +29,10 @@ __all__ = [
     "CalibrationConfig",
     "CoMeConfig",
     "EvalResult",
-    "FlattenConfig",
     "FlattenGPTConfig",
-    "FlattenLlamaConfig",
-    "FlattenQwen2Config",
-    "FlattenedLlamaForCausalLM",
-    "FlattenedLlamaModel",
-    "FlattenedQwen2ForCausalLM",
-    "FlattenedQwen2Model",
     "MergePlan",
     "RecoveryConfig",
+    "ReplaceMeConfig",
     "ShortGPTConfig",
     "SourceSlice",
     "compress",
@@ -55,4 +44,5 @@ __all__ = [
     "render_card",
     "save_compressed",
     "write_card",
+    *_modeling_all,
 ]

@@ -1,7 +1,8 @@
 """Build a compressed model from a merge plan and the new layers' weights.
 
-The plan alone decides the architecture: the number of layers, each layer's widths, Qwen2's layer
-types, and whether a stock class can represent the result (every layer at the dense widths) or the
+The plan alone decides the architecture: the number of layers, each layer's widths, the layer types
+(sliding windows), and whether a stock class can represent the result (every layer at the dense
+widths, and nothing per head that a stock layer shares, see `ModelAdapter.stock_can_hold`) or the
 per-layer `Flattened*ForCausalLM` classes are needed.
 """
 
@@ -12,11 +13,11 @@ import copy
 import torch
 from transformers import PreTrainedModel
 
-from .architecture import architecture_of, head_dim_of, layer_sizes
+from .adapters import adapter_for, head_dim_of, is_flattened, layer_sizes
 from .calibration import layer_type_of
 from .modeling.configuration_flatten import PER_LAYER_FIELDS
 from .ops.folding import fold_norms
-from .ops.layer_weights import LayerState, concat, select
+from .ops.layer_weights import LayerState, concat, per_head_rows, select, shared_per_head
 from .plan import MergePlan, SourceSlice
 
 _NOT_INHERITED = ("model_type", "architectures", "auto_map", "transformers_version", "flatten", *PER_LAYER_FIELDS)
@@ -35,12 +36,12 @@ def whole_layer(config, layer_idx: int) -> SourceSlice:
 def layer_from_sources(model: PreTrainedModel, sources: list[SourceSlice]) -> LayerState:
     """A new layer's weights as the plan describes them: select each source's heads and channels and
     place them side by side (norms folded when several layers share the new layer)."""
-    head_dim = head_dim_of(model.config)
+    head_dim, roles = head_dim_of(model.config), adapter_for(model.config).roles
     states = [layer_state(model, s.layer) for s in sources]
     if len(sources) > 1:
-        states = [fold_norms(s) for s in states]
-    parts = [select(st, s.q_heads, s.kv_heads, s.mlp_channels, head_dim) for st, s in zip(states, sources)]
-    return parts[0] if len(parts) == 1 else concat(parts)
+        states = [fold_norms(s, roles) for s in states]
+    parts = [select(st, roles, s.q_heads, s.kv_heads, s.mlp_channels, head_dim) for st, s in zip(states, sources)]
+    return parts[0] if len(parts) == 1 else concat(parts, roles)
 
 
 def compressed_config(base_config, plan: MergePlan, stock_if_uniform: bool = True,
@@ -51,12 +52,12 @@ def compressed_config(base_config, plan: MergePlan, stock_if_uniform: bool = Tru
     it (it differs when `base_config` is itself compressed: then it is `plan` composed with the
     earlier one, over the original layers, see `plan.compose`).
     """
-    arch = architecture_of(base_config)
+    adapter = adapter_for(base_config)
     fields = {k: v for k, v in base_config.to_dict().items() if k not in _NOT_INHERITED}
     fields["num_hidden_layers"] = len(plan.layers)
     fields["head_dim"] = head_dim_of(base_config)
     if fields.get("layer_types"):
-        # A new layer attends like the first original layer it came from (Qwen2 sliding windows).
+        # A new layer attends like the first original layer it came from (Qwen2/Qwen3 sliding windows).
         fields["layer_types"] = [layer_type_of(base_config, g[0]) for g in plan.groups]
         if "max_window_layers" in fields:
             fields["max_window_layers"] = sum(g[0] < base_config.max_window_layers for g in plan.groups)
@@ -66,9 +67,9 @@ def compressed_config(base_config, plan: MergePlan, stock_if_uniform: bool = Tru
              "num_key_value_heads_per_layer": base_config.num_key_value_heads,
              "intermediate_size_per_layer": base_config.intermediate_size}
     uniform = all(v == dense[k] for k, values in sizes.items() for v in values)
-    if uniform and stock_if_uniform:
-        return arch.stock_config_class(**fields)
-    return arch.flatten_config_class(**fields, **sizes)
+    if uniform and stock_if_uniform and adapter.stock_can_hold(plan):
+        return adapter.stock_config_class(**fields)
+    return adapter.flatten_config_class(**fields, **sizes)
 
 
 def assemble(base_model: PreTrainedModel, plan: MergePlan, layer_states: list[LayerState],
@@ -78,14 +79,16 @@ def assemble(base_model: PreTrainedModel, plan: MergePlan, layer_states: list[La
     if len(layer_states) != len(plan.layers):
         raise ValueError(f"Got {len(layer_states)} layer states for a plan with {len(plan.layers)} layers.")
     config = compressed_config(base_model.config, plan, stock_if_uniform, recorded)
-    arch = architecture_of(config)
-    model_class = arch.flatten_model_class if config.model_type.startswith("flatten_") else arch.stock_model_class
+    adapter, flattened = adapter_for(config), is_flattened(config)
+    model_class = adapter.flatten_model_class if flattened else adapter.stock_model_class
+    # Per-head weights (Qwen3's q/k norms): a row per head in Flattened layers, one shared in stock ones.
+    layout = per_head_rows if flattened else shared_per_head
     config._attn_implementation = base_model.config._attn_implementation
     dtype = base_model.dtype
     model = model_class(config).to(dtype)
     state = {k: v for k, v in base_model.state_dict().items() if not k.startswith("model.layers.")}
     for i, layer in enumerate(layer_states):
-        state.update({f"model.layers.{i}.{k}": v.to(dtype) for k, v in layer.items()})
+        state.update({f"model.layers.{i}.{k}": v.to(dtype) for k, v in layout(layer, adapter.roles).items()})
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:

@@ -246,6 +246,17 @@ ASSETS: dict[str, Asset] = {
 }
 DEFAULT_MODEL_ASSET = "smollm2-135m"
 
+# Where the offline assets come from upstream, recorded as `base_model` in merge plans and cards.
+ASSET_HUB_IDS = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "qwen2.5-coder-0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
+}
+
+
+def asset_name_of(model_id: str) -> str:
+    """The offline asset name of an upstream Hub id (e.g. for commands that rebuild a checkpoint), else the id."""
+    return {hub: name for name, hub in ASSET_HUB_IDS.items()}.get(model_id, model_id)
+
 
 def asset_dir(name: str, home: Path | None = None) -> Path:
     """Where the asset `name` lives in the cache (whether or not it was fetched)."""

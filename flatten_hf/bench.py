@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .architecture import head_dim_of, layer_sizes
+from .adapters import head_dim_of, layer_sizes, linear_weights
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +95,7 @@ def prefill_flops(config, seq_len: int) -> float:
     total = 2 * hidden * config.vocab_size * seq_len
     for i in range(config.num_hidden_layers):
         q, kv, mlp = layer_sizes(config, i)
-        linear = hidden * head_dim * (2 * q + 2 * kv) + 3 * hidden * mlp
-        total += 2 * linear * seq_len + 2 * q * head_dim * seq_len * seq_len
+        total += 2 * linear_weights(config, q, kv, mlp) * seq_len + 2 * q * head_dim * seq_len * seq_len
     return float(total)
 
 

@@ -45,7 +45,7 @@ class LayerwiseRunner:
     """Holds the hidden states entering the current layer for every calibration batch.
 
     Args:
-        model: a LLaMA/Qwen2 causal LM (`model.model.layers`); its layers may live on the CPU.
+        model: a causal LM of a supported architecture (`model.model.layers`); its layers may live on the CPU.
         input_ids: `[N, L]` calibration token ids.
         batch_size: sequences per forward call.
         device: where layers are run; defaults to the device of the embeddings.

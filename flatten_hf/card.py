@@ -24,8 +24,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors import safe_open
 
-from .architecture import head_dim_of
-from .checkpoint import ASSET_HUB_IDS, asset_name_of
+from .adapters import get_adapter, layer_parameters, layer_sizes
+from .assets import ASSET_HUB_IDS, asset_name_of
 from .methods import METHODS
 from .methods.registry import DEPTH_FIELDS
 from .plan import MergePlan
@@ -74,24 +74,11 @@ def count_parameters(folder: str | Path) -> int:
     return total
 
 
-def layer_parameters(config, num_heads: int, num_kv_heads: int, intermediate_size: int) -> int:
-    """Parameters of one decoder layer of the given widths (projections, their biases, two RMSNorms)."""
-    hidden, head_dim = config.hidden_size, head_dim_of(config)
-    qkv_rows = head_dim * (num_heads + 2 * num_kv_heads)
-    qkv_bias = config.model_type.endswith("qwen2") or bool(getattr(config, "attention_bias", False))
-    o_bias = bool(getattr(config, "attention_bias", False)) and not config.model_type.endswith("qwen2")
-    mlp_bias = bool(getattr(config, "mlp_bias", False))
-    return (qkv_rows * hidden + num_heads * head_dim * hidden + 3 * hidden * intermediate_size + 2 * hidden
-            + qkv_rows * qkv_bias + hidden * o_bias + (2 * intermediate_size + hidden) * mlp_bias)
-
-
 def base_parameters(config, params_after: int) -> int:
     """The base model's parameter count: the compressed count with its layers swapped for the dense ones."""
-    sizes = zip(config.num_attention_heads_per_layer, config.num_key_value_heads_per_layer,
-                config.intermediate_size_per_layer) if hasattr(config, "num_attention_heads_per_layer") else \
-        [(config.num_attention_heads, config.num_key_value_heads, config.intermediate_size)] * config.num_hidden_layers
-    compressed_layers = sum(layer_parameters(config, *s) for s in sizes)
-    dense_layer = layer_parameters(config, config.num_attention_heads, config.num_key_value_heads, config.intermediate_size)
+    compressed_layers = sum(layer_parameters(config, *layer_sizes(config, i)) for i in range(config.num_hidden_layers))
+    dense_layer = layer_parameters(config, config.num_attention_heads, config.num_key_value_heads,
+                                   config.intermediate_size, flattened=False)
     plan = config.flatten
     return params_after - compressed_layers + plan["source_num_hidden_layers"] * dense_layer
 
@@ -224,6 +211,7 @@ def card_variables(folder: str | Path, repo_id: str | None = None,
     if not getattr(config, "flatten", None):
         raise ValueError(f"{folder} has no merge plan in config.json: it was not written by flatten-hf compress.")
     plan = MergePlan.from_config(config)
+    adapter = get_adapter(plan.base_model_type)
     spec = METHODS.get(plan.method)
     params_after = count_parameters(folder)
     params_before = base_parameters(config, params_after)
@@ -253,7 +241,7 @@ def card_variables(folder: str | Path, repo_id: str | None = None,
         "repo_id": repo_id or f"your-username/{model_name}",
         "base_model": plan.base_model,
         "base_model_url": f"https://huggingface.co/{plan.base_model}" if is_hub_id else plan.base_model,
-        "base_model_type": {"llama": "LLaMA", "qwen2": "Qwen2"}.get(plan.base_model_type, plan.base_model_type),
+        "base_model_type": adapter.display_name,
         "method_title": spec.title if spec else plan.method,
         "method_paper": spec.paper if spec else "",
         "method_summary": spec.summary if spec else "",
@@ -270,8 +258,8 @@ def card_variables(folder: str | Path, repo_id: str | None = None,
         "calibration_short": _describe_source(source, CALIBRATION_SHORT) if calib else "none",
         "method_options": options,
         "architecture_note": (
-            f"per-layer widths, saved with the `Flattened{'Qwen2' if plan.base_model_type == 'qwen2' else 'Llama'}"
-            "ForCausalLM` classes (custom code included)." if needs_remote_code else
+            f"per-layer widths, saved with the `{adapter.flatten_model_class.__name__}` class (custom code "
+            "included)." if needs_remote_code else
             f"every layer has the base model's widths, so this is a stock `{config.architectures[0]}` checkpoint."),
         "model_class": config.architectures[0],
         "needs_remote_code": needs_remote_code,

@@ -14,29 +14,18 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .assets import ASSETS, DEFAULT_MODEL_ASSET, require_asset
+from .assets import ASSET_HUB_IDS, ASSETS, DEFAULT_MODEL_ASSET, require_asset
 from .checks import non_finite_parameters
 from .plan import MergePlan
 
 logger = logging.getLogger(__name__)
-
-# Where the offline assets come from upstream, recorded as `base_model` in merge plans and cards.
-ASSET_HUB_IDS = {
-    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
-    "qwen2.5-coder-0.5b": "Qwen/Qwen2.5-Coder-0.5B-Instruct",
-}
-
-
-def asset_name_of(model_id: str) -> str:
-    """The offline asset name of an upstream Hub id (e.g. for commands that rebuild a checkpoint), else the id."""
-    return {hub: name for name, hub in ASSET_HUB_IDS.items()}.get(model_id, model_id)
-
 
 def resolve_model_path(model: str | None) -> str:
     """Map an asset name (or None, the embedded default) to its cache directory; check a local folder.
@@ -227,14 +216,17 @@ def _replace(staging: Path, out: Path) -> None:
 
 
 def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False,
-                    card: bool = True, max_shard_size: str | int = "5GB") -> Path:
+                    card_writer: Callable[..., object] | None = None, max_shard_size: str | int = "5GB") -> Path:
     """Save a compressed model (and tokenizer, and its model card) to `out_dir`, all or nothing.
 
     A model of the per-layer `Flattened*` classes is saved with its modeling files and an `auto_map`,
     so it loads with `trust_remote_code=True` where flatten-hf is not installed; a stock-class model
-    is saved as a plain LLaMA/Qwen2 checkpoint (the merge plan still in `config.json`). Weights are
-    safetensors, sharded above `max_shard_size` (the Hub's recommended 5GB by default). With `card`,
-    `README.md` is the rendered model card (see `flatten_hf.card`) of a model with a merge plan.
+    is saved as a plain checkpoint of its stock class (the merge plan still in `config.json`). Weights are
+    safetensors, sharded above `max_shard_size` (the Hub's recommended 5GB by default).
+
+    `card_writer(folder, model_name=...)`, e.g. `flatten_hf.write_card`, runs on the staged folder of
+    a model with a merge plan, so the card lands with the weights or not at all. It is passed in, not
+    imported, because the card reads checkpoints and this module must not depend on it.
     """
     out = check_output_dir(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -245,10 +237,8 @@ def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenize
         add_v4_rope_keys(staging / "config.json")
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        if card and getattr(model.config, "flatten", None):
-            from .card import write_card
-
-            write_card(staging, model_name=out.name)
+        if card_writer is not None and getattr(model.config, "flatten", None):
+            card_writer(staging, model_name=out.name)
         _replace(staging, out)
     except BaseException:  # SIGINT/SIGTERM included: nothing half-written stays behind
         shutil.rmtree(staging, ignore_errors=True)

@@ -37,7 +37,7 @@ def shard_size(text: str) -> str:
     return text
 
 DESCRIPTION = """\
-Make LLaMA- and Qwen2-family causal LMs shallower: compress them with a depth-compression method,
+Make LLaMA, Mistral, Qwen2 and Qwen3 causal LMs shallower: compress them with a depth-compression method,
 save a checkpoint that loads with transformers' AutoModelForCausalLM, and measure what it cost.
 
 Everything runs offline: the default model is SmolLM2-135M-Instruct and the default text is a set of
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = sub.add_parser(
         "compress", help="compress a model and save the result",
         description="Compress MODEL with a depth-compression method and save a checkpoint whose config.json "
-                    "holds the merge plan. Uniform results are saved as stock LLaMA/Qwen2 checkpoints; "
+                    "holds the merge plan. Uniform results are saved as stock checkpoints of the base class; "
                     "per-layer widths are saved with their modeling code (auto_map).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     comp.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
@@ -341,6 +341,7 @@ def _cast_for_saving(model, save_dtype: str | None):
 def _cmd_compress(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
+    from .card import write_card
     from .checkpoint import base_model_id, check_output_dir, load_model, resolve_model_path, save_compressed
     from .compression import CalibrationConfig, compress, method_config
     from .data import check_text_source
@@ -364,7 +365,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                           ratio=args.ratio, num_layers=args.num_layers, **options)
     seconds = time.perf_counter() - start
     out = save_compressed(_cast_for_saving(compressed, args.save_dtype), args.out, tokenizer,
-                          overwrite=args.overwrite, card=args.card, max_shard_size=args.max_shard_size)
+                          overwrite=args.overwrite, card_writer=write_card if args.card else None,
+                          max_shard_size=args.max_shard_size)
     print(f"{args.method}: {model.config.num_hidden_layers} -> {compressed.config.num_hidden_layers} layers, "
           f"{_params(model) / 1e6:.1f}M -> {_params(compressed) / 1e6:.1f}M parameters, {seconds:.1f} s; saved to {out}")
     return 0
@@ -376,7 +378,9 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 
     from transformers import AutoConfig
 
-    from .checkpoint import asset_name_of, check_output_dir, load_model, resolve_model_path, save_compressed
+    from .assets import asset_name_of
+    from .card import write_card
+    from .checkpoint import check_output_dir, load_model, resolve_model_path, save_compressed
     from .recovery import RecoveryConfig, plan_of, recover
 
     path = resolve_model_path(args.model)
@@ -389,7 +393,7 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / f"{out.name}.recovery-state"
     recovered = recover(student, teacher, tokenizer=tokenizer, config=config, state_dir=state_dir)
     saved = save_compressed(_cast_for_saving(recovered, args.save_dtype), out, tokenizer, overwrite=args.overwrite,
-                            card=args.card)
+                            card_writer=write_card if args.card else None)
     shutil.rmtree(state_dir, ignore_errors=True)
     record = recovered.config.flatten["method_params"]["recovery"]
     print(f"recovered {args.model}: {record['steps']} steps, {record['tokens']} tokens, layers {record['trained_layers']}, "

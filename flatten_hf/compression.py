@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from .architecture import architecture_of
+from .adapters import adapter_for
 from .assemble import assemble
 from .calibration import LayerwiseRunner
 from .checks import check_finite, check_positions, check_value
@@ -104,7 +104,9 @@ def compress(
     base_model: str | None = None,
     **method_kwargs: Any,
 ) -> PreTrainedModel:
-    """Compress a LLaMA/Qwen2 causal LM and return the new model, its merge plan in `config.flatten`.
+    """Compress a causal LM and return the new model, its merge plan in `config.flatten`.
+
+    Any architecture with an adapter works (LLaMA, Mistral, Qwen2, Qwen3; see `flatten_hf.adapters`).
 
     Args:
         model: the dense (or already compressed) model; it is not modified.
@@ -113,7 +115,7 @@ def compress(
         tokenizer: used to tokenize the calibration text (not needed with `calibration_ids`).
         calibration: calibration text settings, see `CalibrationConfig`.
         calibration_ids: ready `[N, L]` token ids, overriding `calibration`'s text settings.
-        stock_if_uniform: return a stock `LlamaForCausalLM`/`Qwen2ForCausalLM` when every layer ends at
+        stock_if_uniform: return the stock class (e.g. `LlamaForCausalLM`) when every layer ends at
             the dense widths (loadable with no custom code), else always the `Flattened*` classes.
         base_model: the id recorded as `base_model` in the plan (default: the model's name or path).
         **method_kwargs: the method's options, e.g. `ratio=0.2` or `num_layers=6`.
@@ -121,7 +123,7 @@ def compress(
     Example:
         >>> compressed = flatten_hf.compress(model, "shortgpt", tokenizer=tok, ratio=0.2)
     """
-    arch = architecture_of(model.config)
+    adapter = adapter_for(model.config)
     name, config = method_config(method, **method_kwargs)
     # An already compressed input: its plan is checked now and the new one is composed with it below.
     previous = MergePlan.from_config(model.config) if getattr(model.config, "flatten", None) else None
@@ -143,7 +145,7 @@ def compress(
     runner = LayerwiseRunner(model, calibration_ids, calibration.batch_size, calibration.device)
     plan, layer_states = METHODS[name].run(model, runner, config)
     plan.base_model = base_model or model.config._name_or_path
-    plan.base_model_type = arch.base_model_type
+    plan.base_model_type = adapter.model_type
     plan.method_params = {
         **{k: v for k, v in asdict(config).items() if v is not None},
         "calibration": {"source": calibration.source if given_calibration or not given_ids else "calibration_ids",

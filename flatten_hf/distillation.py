@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .architecture import layer_sizes
+from .adapters import layer_sizes
 from .plan import MergePlan
 
 

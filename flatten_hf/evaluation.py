@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
+from .assets import asset_name_of
 from .bench import measure_prefill_ms
 from .card import EVAL_RESULTS_FILE
-from .checkpoint import asset_name_of, load_model
+from .checkpoint import load_model
 from .data import evaluation_ids
 from .perplexity import perplexity
 from .zeroshot import TASKS, TaskScore, average, zero_shot
@@ -90,7 +91,7 @@ def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bo
     """Perplexity and lm-eval zero-shot accuracy of an already-loaded model.
 
     Args:
-        model, tokenizer: the model to score (any LLaMA/Qwen2 class, stock or Flattened) and its tokenizer.
+        model, tokenizer: the model to score (any supported class, stock or Flattened) and its tokenizer.
         name: how the model is called in tables (default: its `name_or_path`).
         ppl: compute perplexity on the evaluation part of `source`.
         tasks: lm-eval task names (empty: no zero-shot); the papers' five by default.

@@ -101,7 +101,7 @@ class MergePlan:
     def from_config(cls, config: Any) -> "MergePlan":
         """The checked merge plan of a model config; `ValueError` naming the field and layer if it is broken.
 
-        The Flattened config classes check their plan when they are built; a stock LLaMA/Qwen2 config
+        The Flattened config classes check their plan when they are built; a stock config
         carries the plan as an opaque dict, so it is checked here, and because a stock model has one
         width for every layer, the plan must keep exactly the dense heads and channels in each.
         """

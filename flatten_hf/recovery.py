@@ -28,12 +28,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from .adapters import adapter_for
 from .distillation import changed_layers, hidden_state_loss, logit_kl, teacher_layers
 from .plan import MergePlan
 
 logger = logging.getLogger(__name__)
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STATE_FILE = "recovery_state.pt"
 
 
@@ -115,7 +115,7 @@ def _trainable(student: PreTrainedModel, train_layers: list[int], config: Recove
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(config.seed)  # LoRA's A matrices are initialised from the global generator
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=list(PROJECTIONS),
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=list(adapter_for(student.config).roles.projections),
                       layers_to_transform=train_layers, layers_pattern="layers")
     return get_peft_model(student, lora)
 

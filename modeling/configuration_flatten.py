@@ -1,5 +1,5 @@
 # Copyright 2026 The flatten-hf authors. Licensed under the Apache License, Version 2.0.
-"""Configuration of depth-compressed ("flattened") LLaMA and Qwen2 models.
+"""Configuration of depth-compressed ("flattened") LLaMA, Mistral, Qwen2 and Qwen3 models.
 
 This file travels with every non-uniform checkpoint written by flatten-hf and is loaded with
 `trust_remote_code=True` where flatten-hf is not installed, so it imports only `torch`-free parts of
@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from transformers import LlamaConfig, Qwen2Config
+from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 MERGE_PLAN_FORMAT_VERSION = 1
 PER_LAYER_FIELDS = {
@@ -153,7 +153,7 @@ def per_layer_sizes_from_plan(plan: dict[str, Any]) -> dict[str, list[int]]:
 
 
 class FlattenConfig:
-    """Per-layer widths and the merge plan, mixed into a stock `LlamaConfig` / `Qwen2Config`.
+    """Per-layer widths and the merge plan, mixed into a stock config (`LlamaConfig`, `Qwen2Config`, ...).
 
     Args:
         num_attention_heads_per_layer (`list[int]`, *optional*):
@@ -168,7 +168,7 @@ class FlattenConfig:
             its `sources` (original `layer` index plus kept `q_heads`, `kv_heads`, `mlp_channels`).
 
     The class is a mixin rather than a `PreTrainedConfig` subclass of its own so that one
-    implementation serves every base architecture (see `FlattenLlamaConfig`, `FlattenQwen2Config`).
+    implementation serves every base architecture (see `FlattenLlamaConfig`, `FlattenQwen2Config`, ...).
     """
 
     def __init__(
@@ -290,10 +290,26 @@ class FlattenQwen2Config(FlattenConfig, Qwen2Config):
     __init__ = FlattenConfig.__init__
 
 
+class FlattenMistralConfig(FlattenConfig, MistralConfig):
+    r"""Configuration of a `FlattenedMistralForCausalLM`: a `MistralConfig` plus per-layer widths and a merge plan."""
+
+    model_type = "flatten_mistral"
+    __init__ = FlattenConfig.__init__
+
+
+class FlattenQwen3Config(FlattenConfig, Qwen3Config):
+    r"""Configuration of a `FlattenedQwen3ForCausalLM`: a `Qwen3Config` plus per-layer widths and a merge plan."""
+
+    model_type = "flatten_qwen3"
+    __init__ = FlattenConfig.__init__
+
+
 __all__ = [
     "FlattenConfig",
     "FlattenLlamaConfig",
+    "FlattenMistralConfig",
     "FlattenQwen2Config",
+    "FlattenQwen3Config",
     "encode_indices",
     "decode_indices",
     "per_layer_sizes_from_plan",

@@ -28,7 +28,7 @@ def compressed_folder(tmp_path, arch="llama", **options):
     # the ids stand in for Wikipedia windows; the calibration config says so, as `compress` on text would
     compressed = flatten_hf.compress(model, "flattengpt", calibration_ids=ids, num_layers=1, base_model=BASE,
                                      calibration=flatten_hf.CalibrationConfig("wikipedia", 4, 32), **options)
-    flatten_hf.save_compressed(compressed, out)
+    flatten_hf.save_compressed(compressed, out, card_writer=flatten_hf.write_card)
     return model, compressed, out
 
 
@@ -119,7 +119,7 @@ def test_recovered_come_checkpoint_card_describes_both_steps(tmp_path):
     config = flatten_hf.RecoveryConfig(steps=3, batch_size=4, seq_len=16, learning_rate=2e-4, layers="all")
     recovered = flatten_hf.recover(compressed, teacher, input_ids=ids, config=config)
     out = tmp_path / "tiny-come-recovered"
-    flatten_hf.save_compressed(recovered, out)
+    flatten_hf.save_compressed(recovered, out, card_writer=flatten_hf.write_card)
     text = (out / "README.md").read_text()
     assert "**CoMe**" in text and "arXiv:2510.15304" in text and "`norms=average`" in text
     assert "- **Recovery**: hierarchical distillation from the base model" in text

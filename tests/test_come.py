@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from flatten_hf import CoMeConfig, compress
-from flatten_hf.architecture import new_decoder_layer
+from flatten_hf.adapters import new_decoder_layer
 from flatten_hf.calibration import LayerwiseRunner
 from flatten_hf.methods.come import measure_layer, merged_state, select_pair_sources
 from flatten_hf.ops.head_selection import query_heads
@@ -53,8 +53,11 @@ def _brute_force_attention_output(layer, x, position_embeddings, n_heads, n_kv, 
     attn = layer.self_attn
     u = layer.input_layernorm(x)
     b, length, _ = u.shape
-    q = attn.q_proj(u).view(b, length, n_heads, head_dim).transpose(1, 2)
-    k = attn.k_proj(u).view(b, length, n_kv, head_dim).transpose(1, 2)
+    q = attn.q_proj(u).view(b, length, n_heads, head_dim)
+    k = attn.k_proj(u).view(b, length, n_kv, head_dim)
+    if hasattr(attn, "q_norm"):  # Qwen3's per-head query/key norms
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = attn.v_proj(u).view(b, length, n_kv, head_dim).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
     out = torch.zeros(b, length, n_heads * head_dim, dtype=torch.float64)
@@ -98,7 +101,7 @@ def test_merged_layer_is_the_sum_of_the_kept_heads_and_channels(arch):
     x = runner.hidden[0]
     sources = [SourceSlice(0, query_heads([2], 2), [2], [1, 5, 7, 20]),
                SourceSlice(1, query_heads([0, 1, 3], 2), [0, 1, 3], [c for c in range(48) if c not in (1, 5, 7, 20)])]
-    merged = new_decoder_layer(model.config, 0, 8, 4, 48)
+    merged = new_decoder_layer(model.config, 0, 8, 4, 48, flattened=True)  # Qwen3: a q/k norm row per head
     merged.load_state_dict(merged_state(model, sources, [0.4, 0.6], "fold"))
     merged.eval()
 
@@ -119,7 +122,7 @@ def test_merged_layer_is_the_sum_of_the_kept_heads_and_channels(arch):
 
     # The released code's mask.repeat(n_rep) tiling pairs query heads with the wrong kv heads: not equal.
     tiled = [SourceSlice(0, [h for h in range(8) if h % 4 == 2], [2], sources[0].mlp_channels), sources[1]]
-    wrong = new_decoder_layer(model.config, 0, 8, 4, 48)
+    wrong = new_decoder_layer(model.config, 0, 8, 4, 48, flattened=True)
     wrong.load_state_dict(merged_state(model, tiled, [0.4, 0.6], "fold"))
     wrong_out = wrong.eval()(x, **kwargs)
     wrong_out = wrong_out[0] if isinstance(wrong_out, tuple) else wrong_out

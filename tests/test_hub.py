@@ -31,7 +31,7 @@ def checkpoint(tmp_path):
     compressed = flatten_hf.compress(model, "flattengpt", calibration_ids=ids, num_layers=1, width_policy="global",
                                      base_model="Qwen/Qwen2.5-Coder-0.5B-Instruct", stock_if_uniform=False)
     out = tmp_path / "tiny-qwen2"
-    flatten_hf.save_compressed(compressed, out, max_shard_size="40KB")
+    flatten_hf.save_compressed(compressed, out, max_shard_size="40KB", card_writer=flatten_hf.write_card)
     return compressed, out
 
 
@@ -108,7 +108,7 @@ def test_stock_checkpoint_pushes_no_code(tmp_path):
     model = tiny_model("llama")
     ids = torch.randint(3, 90, (4, 32))
     compressed = flatten_hf.compress(model, "shortgpt", calibration_ids=ids, num_layers=1, base_model="local/base")
-    flatten_hf.save_compressed(compressed, tmp_path / "short")
+    flatten_hf.save_compressed(compressed, tmp_path / "short", card_writer=flatten_hf.write_card)
     with serve_fake_hub(tmp_path / "hub") as hub:
         push_to_hub(tmp_path / "short", "tester/short", token=TOKEN, endpoint=hub.url)
     files = set(hub.commits[0].files)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from flatten_hf.architecture import ARCHITECTURES
+from flatten_hf.adapters import get_adapter
 from flatten_hf.checkpoint import save_compressed
 
 from .tiny import randomize, tiny_config, tiny_model
@@ -23,7 +23,7 @@ HETERO = dict(num_attention_heads_per_layer=[4, 8, 2, 6], num_key_value_heads_pe
 
 
 def flattened(arch: str, attn: str = "sdpa", seed: int = 0, config_overrides: dict | None = None, **per_layer):
-    spec = ARCHITECTURES[arch]
+    spec = get_adapter(arch)
     fields = {k: v for k, v in tiny_config(arch, **(config_overrides or {})).to_dict().items()
               if k not in ("model_type", "architectures", "transformers_version")}
     config = spec.flatten_config_class(**fields, **per_layer)
@@ -36,7 +36,9 @@ def flattened(arch: str, attn: str = "sdpa", seed: int = 0, config_overrides: di
 def test_dense_widths_give_stock_logits(arch, attn):
     ref = tiny_model(arch, attn=attn)
     model = flattened(arch, attn)
-    model.load_state_dict(ref.state_dict())
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    # Qwen3's shared q/k norm vector becomes one identical row per head in the Flattened layers
+    model.load_state_dict({k: v.expand(shapes[k]) for k, v in ref.state_dict().items()})
     ids = torch.randint(3, 96, (2, 11))
     torch.testing.assert_close(model(ids).logits, ref(ids).logits, rtol=0, atol=0)
 
@@ -57,7 +59,14 @@ def test_heterogeneous_layers_have_their_own_shapes(arch):
     assert shapes == [(64, 32, 48), (128, 64, 96), (32, 16, 7), (96, 48, 30)]
     if arch == "qwen2":
         assert model.model.layers[1].self_attn.q_proj.bias.shape == (128,)
+    if arch in ("qwen2", "qwen3"):
         assert [l.self_attn.sliding_window for l in model.model.layers] == [None, None, 6, 6]
+    if arch == "mistral":
+        assert all(l.self_attn.config.sliding_window == 6 for l in model.model.layers)
+    if arch == "qwen3":  # one q/k norm row per head
+        assert [(l.self_attn.q_norm.weight.shape, l.self_attn.k_norm.weight.shape) for l in model.model.layers] == [
+            ((h, 16), (kv, 16)) for h, kv in zip(HETERO["num_attention_heads_per_layer"],
+                                                  HETERO["num_key_value_heads_per_layer"])]
     assert model(torch.randint(3, 96, (1, 5))).logits.shape == (1, 5, 96)
 
 

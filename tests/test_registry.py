@@ -34,7 +34,7 @@ def test_every_option_reaches_the_plan_the_card_and_back(tmp_path, name):
     ids = torch.randint(3, 90, (8, 16), generator=torch.Generator().manual_seed(0))
     compressed = flatten_hf.compress(model, name, calibration_ids=ids, num_layers=1, base_model="smollm2-135m",
                                      **options)
-    out = flatten_hf.save_compressed(compressed, tmp_path / name)
+    out = flatten_hf.save_compressed(compressed, tmp_path / name, card_writer=flatten_hf.write_card)
     text = (out / "README.md").read_text()
     assert spec.title in text and spec.citation.splitlines()[0] in text
     command = next(line for line in text.splitlines() if line.startswith("flatten-hf compress"))

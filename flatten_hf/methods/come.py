@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..architecture import head_dim_of, layer_sizes, loaded_decoder_layer
+from ..adapters import adapter_for, head_dim_of, layer_sizes, loaded_decoder_layer
 from ..assemble import layer_from_sources, layer_state, whole_layer
 from ..calibration import LayerwiseRunner, layer_type_of
 from ..ops.channel_selection import top_k
@@ -101,8 +101,10 @@ class _Stats:
 @torch.no_grad()
 def measure_layer(layer: nn.Module, layer_type: str, runner: LayerwiseRunner, inputs: list[torch.Tensor],
                   n_rep: int, head_dim: int) -> tuple[_Stats, list[torch.Tensor]]:
-    """Run `layer` on `inputs`, recording E|.| of the inputs of o_proj and down_proj on the way;
-    return its statistics and its outputs."""
+    """Run `layer` on `inputs`, recording E|.| of the inputs of the attention and MLP output projections
+    (o_proj, down_proj) on the way; return its statistics and its outputs."""
+    roles = adapter_for(runner.config).roles
+    o_proj, down_proj = roles.module(layer, "attention_output"), roles.module(layer, "mlp_output")
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {"o": 0, "down": 0}
 
@@ -113,8 +115,7 @@ def measure_layer(layer: nn.Module, layer_type: str, runner: LayerwiseRunner, in
             counts[key] += x.shape[0]
         return hook
 
-    handles = [layer.self_attn.o_proj.register_forward_pre_hook(recorder("o")),
-               layer.mlp.down_proj.register_forward_pre_hook(recorder("down"))]
+    handles = [o_proj.register_forward_pre_hook(recorder("o")), down_proj.register_forward_pre_hook(recorder("down"))]
     try:
         outputs = runner.run(layer, layer_type, inputs=inputs)
     finally:
@@ -122,8 +123,8 @@ def measure_layer(layer: nn.Module, layer_type: str, runner: LayerwiseRunner, in
             handle.remove()
     stats = _Stats(
         block_influence=block_influence(inputs, outputs),
-        kv_sensitivity=kv_group_sensitivity(sums["o"] / counts["o"], layer.self_attn.o_proj.weight, n_rep, head_dim),
-        channel_sensitivity=channel_sensitivity(sums["down"] / counts["down"], layer.mlp.down_proj.weight),
+        kv_sensitivity=kv_group_sensitivity(sums["o"] / counts["o"], o_proj.weight, n_rep, head_dim),
+        channel_sensitivity=channel_sensitivity(sums["down"] / counts["down"], down_proj.weight),
     )
     return stats, outputs
 
@@ -148,9 +149,10 @@ def merged_state(model: PreTrainedModel, sources: list[SourceSlice], shares: lis
     """The merged layer's weights: folded norms (exact concatenation) or CoMe's averaged norms."""
     if norms == "fold":
         return layer_from_sources(model, sources)
-    head_dim = head_dim_of(model.config)
-    parts = [select(layer_state(model, s.layer), s.q_heads, s.kv_heads, s.mlp_channels, head_dim) for s in sources]
-    return concat_averaged_norms(parts, shares)
+    head_dim, roles = head_dim_of(model.config), adapter_for(model.config).roles
+    parts = [select(layer_state(model, s.layer), roles, s.q_heads, s.kv_heads, s.mlp_channels, head_dim)
+             for s in sources]
+    return concat_averaged_norms(parts, roles, shares)
 
 
 def pair_distance(inputs: list[list[torch.Tensor]], k: int, pair_score: str) -> float:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..architecture import head_dim_of, layer_sizes, loaded_decoder_layer
+from ..adapters import adapter_for, head_dim_of, layer_sizes, linear_weights, loaded_decoder_layer
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, capture, layer_type_of
 from ..ops.channel_selection import ridge_leverage_scores, top_k
@@ -47,6 +47,7 @@ class GroupFlattener:
     def __init__(self, model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config):
         self.model, self.runner, self.group, self.options = model, runner, group, config
         self.cfg = model.config
+        self.roles = roles = adapter_for(self.cfg).roles
         self.members = [model.model.layers[i] for i in group]
         self.layer_type = layer_type_of(self.cfg, group[0])
         self.head_dim = head_dim_of(self.cfg)
@@ -58,9 +59,14 @@ class GroupFlattener:
                              "cannot be flattened into one attention block.")
         self.kv_offsets = [sum(kv for _, kv, _ in sizes[:j]) for j in range(len(sizes) + 1)]
         self.channel_offsets = [sum(c for _, _, c in sizes[:j]) for j in range(len(sizes) + 1)]
-        self.wide_state = concat([fold_norms(layer_state(model, i)) for i in group])
+        self.wide_state = concat([fold_norms(layer_state(model, i), roles) for i in group], roles)
         self.wide = self._layer(self.wide_state, self.kv_offsets[-1] * self.n_rep, self.kv_offsets[-1],
                                 self.channel_offsets[-1])
+        # the wide block's sublayers, by role
+        self.attention, self.attention_norm = roles.module(self.wide, "attention"), roles.module(self.wide, "attention_norm")
+        self.mlp, self.mlp_norm = roles.module(self.wide, "mlp"), roles.module(self.wide, "mlp_norm")
+        self.attention_output, self.mlp_output = (roles.module(self.wide, "attention_output"),
+                                                  roles.module(self.wide, "mlp_output"))
 
     def _layer(self, state: LayerState, heads: int, kv_heads: int, channels: int) -> nn.Module:
         return loaded_decoder_layer(self.cfg, self.group[0], state, heads, kv_heads, channels, self.runner.device,
@@ -74,15 +80,14 @@ class GroupFlattener:
 
     def params(self, kv_groups: int, channels: int) -> int:
         """Weights of a block with this many key/value groups and MLP channels (norms and biases aside)."""
-        d = self.cfg.hidden_size
-        return kv_groups * self.head_dim * d * (2 * self.n_rep + 2) + channels * 3 * d
+        return linear_weights(self.cfg, kv_groups * self.n_rep, kv_groups, channels)
 
     def _run_members(self, x: torch.Tensor, kw: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The members one after the other on `x`: the final output, the first member's output, and the
         sum of the members' attention-branch outputs in that run."""
         attn_outputs = []
-        handles = [m.self_attn.o_proj.register_forward_hook(lambda mod, a, o: attn_outputs.append(o))
-                   for m in self.members]
+        handles = [self.roles.module(m, "attention_output").register_forward_hook(
+            lambda mod, a, o: attn_outputs.append(o)) for m in self.members]
         try:
             h = first = _out(self.members[0](x, **kw))
             for member in self.members[1:]:
@@ -97,20 +102,18 @@ class GroupFlattener:
         """Energy that each key/value group and each MLP channel of the wide block writes into the
         residual stream (E|z|^2 times the squared norm of its output-projection rows), as a fraction of
         the group's total update energy; plus the sequential outputs, to advance a dense runner."""
-        o_rows = self.wide.self_attn.o_proj.weight.float().pow(2).sum(0)
-        d_rows = self.wide.mlp.down_proj.weight.float().pow(2).sum(0)
+        o_rows = self.attention_output.weight.float().pow(2).sum(0)
+        d_rows = self.mlp_output.weight.float().pow(2).sum(0)
         kv_energy, channel_energy, update, outputs = 0.0, 0.0, 0.0, []
-        mlp = self.wide.mlp
         for x, kwargs in self.runner.iter_batches():
             kw = self._kwargs(kwargs)
             h = self._run_members(x, kw)[0]
             outputs.append(h)
             update += ((h - x).float() ** 2).sum().item()
-            with capture(self.wide.self_attn.o_proj, "input") as z:
-                attn = _out(self.wide.self_attn(self.wide.input_layernorm(x), **kw))
+            with capture(self.attention_output, "input") as z:
+                attn = _out(self.attention(self.attention_norm(x), **kw))
             kv_energy = kv_energy + (_tokens(z[0]) ** 2).sum(0) * o_rows
-            u = self.wide.post_attention_layernorm(x + attn)
-            channel_energy = channel_energy + (_tokens(mlp.act_fn(mlp.gate_proj(u)) * mlp.up_proj(u)) ** 2).sum(0) * d_rows
+            channel_energy = channel_energy + (self._mlp_hidden(self.mlp_norm(x + attn)) ** 2).sum(0) * d_rows
         kv_energy = kv_energy.view(-1, self.n_rep * self.head_dim).sum(1)
         update = max(update, 1e-300)  # a dead group (all inputs zero) has no energy to share
         return kv_energy.double() / update, channel_energy.double() / update, outputs
@@ -121,15 +124,15 @@ class GroupFlattener:
         attention statistics of the wide block: Z^T Z, Z^T T_attn and ||T_attn||^2."""
         targets, gram, cross, tsq = [], None, None, 0.0
         self.first_member_outputs = []  # the "keep the first member" candidate, for free
-        b_o = self._bias("self_attn.o_proj.bias")
+        b_o = self._bias(self.roles.weight_name("attention_output", "bias"))
         for x, kwargs in self.runner.iter_batches():
             kw = self._kwargs(kwargs)
             h, first, attention = self._run_members(x, kw)
             targets.append(h)
             self.first_member_outputs.append(first)
             t = _tokens(attention) - b_o
-            with capture(self.wide.self_attn.o_proj, "input") as z:
-                self.wide.self_attn(self.wide.input_layernorm(x), **kw)
+            with capture(self.attention_output, "input") as z:
+                self.attention(self.attention_norm(x), **kw)
             z = _tokens(z[0])
             gram, cross = _add_gram(gram, z, z), _add_gram(cross, z, t)
             tsq += (t.double() ** 2).sum().item()
@@ -140,15 +143,20 @@ class GroupFlattener:
         """C = psi^T psi and psi^T T_mlp of the wide MLP, after the pruned attention, against what the
         MLP must add to reach the sequential output."""
         gram, cross = None, None
-        b_d = self._bias("mlp.down_proj.bias")
-        mlp = self.wide.mlp
+        b_d = self._bias(self.roles.weight_name("mlp_output", "bias"))
+        attn, attn_norm = self.roles.module(attention, "attention"), self.roles.module(attention, "attention_norm")
         for (x, kwargs), y in zip(self.runner.iter_batches(), targets):
-            x1 = x + _out(attention.self_attn(attention.input_layernorm(x), **self._kwargs(kwargs)))
-            u = self.wide.post_attention_layernorm(x1)
-            psi = _tokens(mlp.act_fn(mlp.gate_proj(u)) * mlp.up_proj(u))
+            x1 = x + _out(attn(attn_norm(x), **self._kwargs(kwargs)))
+            psi = self._mlp_hidden(self.mlp_norm(x1))
             t = _tokens(y - x1) - b_d
             gram, cross = _add_gram(gram, psi, psi), _add_gram(cross, psi, t)
         return gram, cross
+
+    def _mlp_hidden(self, u: torch.Tensor) -> torch.Tensor:
+        """psi: the wide MLP's hidden activations on normalised input `u` (what its output projection reads)."""
+        with capture(self.mlp_output, "input") as psi:
+            self.mlp(u)
+        return _tokens(psi[0])
 
     def _sources(self, kv_groups: list[int], channels: list[int]) -> list[SourceSlice]:
         """Map kept wide-block indices back to (member layer, local index) pairs."""
@@ -173,24 +181,25 @@ class GroupFlattener:
         opts = self.options
         sequential, gram_a, cross_a, tsq_a = self.sequential_reference()
         targets = sequential if targets is None else targets
-        w_o = self.wide_state["self_attn.o_proj.weight"].T  # x @ W layout
+        w_o_name, w_d_name = self.roles.weight_name("attention_output"), self.roles.weight_name("mlp_output")
+        w_o = self.wide_state[w_o_name].T  # x @ W layout
         lam_a = ridge_lambda(gram_a, opts.ridge_factor)
         kv_groups, w_o_new, attn_err = select_kv_groups(gram_a, cross_a, tsq_a, w_o, self.n_rep, self.head_dim,
                                                         keep_kv, lam_a, opts.attn_compensation)
         q_heads = query_heads(kv_groups, self.n_rep)
         all_channels = list(range(self.channel_offsets[-1]))
-        attn_state = select(self.wide_state, q_heads, kv_groups, all_channels, self.head_dim)
-        attn_state["self_attn.o_proj.weight"] = w_o_new.T.to(w_o.dtype).contiguous()
+        attn_state = select(self.wide_state, self.roles, q_heads, kv_groups, all_channels, self.head_dim)
+        attn_state[w_o_name] = w_o_new.T.to(w_o.dtype).contiguous()
         attention = self._layer(attn_state, len(q_heads), len(kv_groups), len(all_channels))
 
         gram_m, cross_m = self.mlp_statistics(attention, targets)
         lam_m = ridge_lambda(gram_m, opts.ridge_factor)
         keep = top_k(ridge_leverage_scores(gram_m, lam_m), keep_channels)
-        w_d = self.wide_state["mlp.down_proj.weight"].T
+        w_d = self.wide_state[w_d_name].T
         w_d_new = least_squares_refit(gram_m[keep][:, keep], cross_m[keep], w_d[keep.to(w_d.device)], lam_m)
-        state = select(attn_state, list(range(len(q_heads))), list(range(len(kv_groups))), keep.tolist(),
+        state = select(attn_state, self.roles, list(range(len(q_heads))), list(range(len(kv_groups))), keep.tolist(),
                        self.head_dim)
-        state["mlp.down_proj.weight"] = w_d_new.T.to(w_d.dtype).contiguous()
+        state[w_d_name] = w_d_new.T.to(w_d.dtype).contiguous()
         report = {"kv_groups": kv_groups, "attention_rel_error": attn_err / max(tsq_a, 1e-30)}
         return self._sources(kv_groups, keep.tolist()), state, targets, report
 

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from ..architecture import layer_sizes, loaded_decoder_layer
+from ..adapters import adapter_for, layer_sizes, loaded_decoder_layer
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, capture, layer_type_of
 from ..ops.compensation import relative_error
@@ -122,7 +122,8 @@ def fit_block(model: PreTrainedModel, runner: LayerwiseRunner, cut: int, end: in
     """
     cfg = model.config
     layer = model.model.layers[cut]
-    with capture(layer.mlp, "output") as mlp_outputs:
+    roles = adapter_for(cfg).roles
+    with capture(roles.module(layer, "mlp"), "output") as mlp_outputs:
         outputs = runner.run(layer, layer_type_of(cfg, cut))
     targets = outputs
     for j in range(cut + 1, end):
@@ -136,10 +137,11 @@ def fit_block(model: PreTrainedModel, runner: LayerwiseRunner, cut: int, end: in
     else:
         transform = cosine_map(m, r, y, config.epochs, lr=config.learning_rate)
     state = layer_state(model, cut)
-    weight, bias = fold_into_down_proj(state["mlp.down_proj.weight"], state.get("mlp.down_proj.bias"), transform)
-    state["mlp.down_proj.weight"] = weight
+    weight_name, bias_name = roles.weight_name("mlp_output"), roles.weight_name("mlp_output", "bias")
+    weight, bias = fold_into_down_proj(state[weight_name], state.get(bias_name), transform)
+    state[weight_name] = weight
     if bias is not None:
-        state["mlp.down_proj.bias"] = bias
+        state[bias_name] = bias
     new_layer = loaded_decoder_layer(cfg, cut, state, *layer_sizes(cfg, cut), runner.device, model.dtype)
     new_outputs = runner.run(new_layer, layer_type_of(cfg, cut))
     # squared errors relative to the target's energy: of plain removal (T = I) and of the fitted map

@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import torch
 
-from .layer_weights import LayerState
-
-NORM_READERS = {
-    "input_layernorm.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-    "post_attention_layernorm.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-}
+from .layer_weights import LayerRoles, LayerState
 
 
-def fold_norms(state: LayerState) -> LayerState:
+def fold_norms(state: LayerState, roles: LayerRoles) -> LayerState:
     """Return a copy of a decoder layer's state with both norm weights folded in (norms become ones).
 
+    Per-head norms that sit between a projection and RoPE (Qwen3's q/k norms) are not folded: the
+    normalisation undoes any scale folded into the projection before it.
     The product is formed in float32 at least, then cast back, so bf16 weights lose no more than one
     rounding.
     """
     out = dict(state)
-    for norm, readers in NORM_READERS.items():
+    for norm, readers in roles.norm_readers.items():
         alpha = state[norm]
         compute = torch.promote_types(alpha.dtype, torch.float32)
         for name in readers:

@@ -1,0 +1,23 @@
+"""Qwen3 (`Qwen3ForCausalLM`): per-head RMSNorm on queries and keys (`q_norm`, `k_norm`).
+
+Those norms sit between the projections and the rotary embedding, so they cannot be folded. They are
+per-head roles: a stock layer shares one `[head_dim]` weight across its heads, a Flattened one holds a
+row per head (`FlattenedQwen3DecoderLayer`), which is what a layer with heads from several original
+layers needs. Results whose layers each take their heads from one original layer (ShortGPT,
+ReplaceMe) stay stock `Qwen3ForCausalLM` checkpoints.
+"""
+
+from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
+
+from ..modeling import FlattenedQwen3DecoderLayer, FlattenedQwen3ForCausalLM, FlattenedQwen3Model, FlattenQwen3Config
+from ..ops.layer_weights import gated_decoder_roles
+from .base import ModelAdapter, register_adapter
+
+QWEN3 = register_adapter(ModelAdapter(
+    model_type="qwen3", display_name="Qwen3",
+    stock_config_class=Qwen3Config, stock_model_class=Qwen3ForCausalLM, decoder_layer_class=Qwen3DecoderLayer,
+    flatten_config_class=FlattenQwen3Config, flatten_base_model_class=FlattenedQwen3Model,
+    flatten_model_class=FlattenedQwen3ForCausalLM, flatten_decoder_layer_class=FlattenedQwen3DecoderLayer,
+    roles=gated_decoder_roles(per_head={"self_attn.q_norm.weight": "q", "self_attn.k_norm.weight": "kv"}),
+))
