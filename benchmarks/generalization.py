@@ -10,6 +10,8 @@ emulated, and several times slower, on CPUs without AVX512-BF16):
   default 500 this is the first half or less of every task (PIQA 1838, HellaSwag 10042, WinoGrande
   1267, ARC-e 2376, ARC-c 1172 documents): the *validation* half on which defaults are chosen. The
   published numbers are the full tasks (`flatten-hf eval`), never this split alone.
+- with `--split test`, documents [`--limit`, 2 x `--limit`) of each task instead: the held-out *test*
+  split, disjoint from the validation one, scored once the defaults are fixed and never used to choose.
 
 Results are appended to `--results` (JSON lines, one per variant), so an interrupted run resumes and
 variants can be added while it runs (the variants file is re-read after each one). Prints the table.
@@ -49,32 +51,45 @@ def measure(model, tokenizer, windows: int, limit: int, texts: dict) -> dict:
 
 
 def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) -> None:
-    """Add zero-shot validation scores to rows measured earlier without them (perplexity first, accuracy later)."""
+    """Add zero-shot scores of the validation split (or, with `--split test`, the test split) to rows
+    measured earlier without them (perplexity first, accuracy later)."""
     order = [key_of(json.loads(line)) for line in Path(args.variants).read_text().splitlines() if line.strip()]
-    for key in order:
-        index = next((i for i, r in enumerate(done) if r["key"] == key), None)
-        if index is None or "tasks" in done[index]:
+    indices = [next((i for i, r in enumerate(done) if r["key"] == key), None) for key in order]
+    if args.rows:
+        indices = [int(i) for i in args.rows.split(",")]
+    test = args.split == "test"
+    for index in indices:
+        if index is None or (done[index].get("test") if test else "tasks" in done[index]):
             continue
-        dense = json.loads(key)["method"] == "dense"
+        dense = json.loads(done[index]["key"])["method"] == "dense"
         path = args.model if dense else str(Path(args.save_dir) / str(index))
         model, tokenizer = flatten_hf.load_model(path, dtype=torch.float32)
         start = time.perf_counter()
-        scores, _ = zero_shot(model, tokenizer, limit=args.limit, batch_size=32,
-                              cache=str(results_path.parent / f"lm-cache-{results_path.stem}-{index}-{args.limit}"))
-        done[index]["tasks"] = {s.task: round(100 * s.headline, 2) for s in scores}
-        done[index]["avg"], done[index]["avg_stderr"] = (round(100 * v, 2) for v in average(scores))
-        done[index]["limit"] = args.limit
-        done[index]["seconds_zero_shot"] = time.perf_counter() - start
+        docs = (args.limit, 2 * args.limit) if test else None
+        tag = f"{args.limit}-{2 * args.limit}" if test else str(args.limit)
+        scores, _ = zero_shot(model, tokenizer, limit=None if test else args.limit, docs=docs, batch_size=32,
+                              cache=str(results_path.parent / f"lm-cache-{results_path.stem}-{index}-{tag}"))
+        record = {"tasks": {s.task: round(100 * s.headline, 2) for s in scores}}
+        record["avg"], record["avg_stderr"] = (round(100 * v, 2) for v in average(scores))
+        if test:
+            done[index]["test"] = {**record, "docs": list(docs), "seconds": time.perf_counter() - start}
+        else:
+            done[index].update(record, limit=args.limit, seconds_zero_shot=time.perf_counter() - start)
         staged = results_path.with_suffix(".tmp")
         staged.write_text("".join(json.dumps(r) + "\n" for r in done))
         staged.replace(results_path)
-        print_table(done)
+        print_table(done, args.split)
 
 
-def print_table(results: list[dict]) -> None:
+def print_table(results: list[dict], split: str = "validation") -> None:
+    print(f"{split} split")
     print("| variant | layers | ppl wikipedia | ppl lambada | PIQA | HS | WG | ARC-e | ARC-c | avg (± se) | s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        if split == "test":
+            if not r.get("test"):
+                continue
+            r = {**r, **r["test"]}
         t = r.get("tasks", {})
         cells = [t.get(k, "") for k in ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge")]
         avg = f"{r['avg']:.2f} (± {r['avg_stderr']:.2f})" if "avg" in r else ""
@@ -93,6 +108,11 @@ def main() -> None:
     p.add_argument("--save-dir", default=None,
                    help="also save each compressed model to SAVE_DIR/<n> (e.g. for a full `flatten-hf eval` later)")
     p.add_argument("--table", action="store_true", help="print the table of --results and exit")
+    p.add_argument("--split", choices=("validation", "test"), default="validation",
+                   help="with --zero-shot-saved or --table: the first --limit documents of each task (validation, "
+                        "where defaults are chosen) or the next --limit (test, held out)")
+    p.add_argument("--rows", default=None, help="with --zero-shot-saved: score only these rows, in this order "
+                                                "(comma-separated indices of --results)")
     p.add_argument("--zero-shot-saved", action="store_true",
                    help="score the rows of --results that have no zero-shot numbers yet, on the first --limit "
                         "documents, from their checkpoints in --save-dir (row n in SAVE_DIR/<n>), in the order "
@@ -101,7 +121,7 @@ def main() -> None:
     results_path = Path(args.results)
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
     if args.table:
-        print_table(done)
+        print_table(done, args.split)
         return
     if args.zero_shot_saved:
         score_saved(args, done, results_path)

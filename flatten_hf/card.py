@@ -11,7 +11,6 @@ The template is `hub_cards/model_card.md` (installed as `flatten_hf.hub_cards`),
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import asdict, fields
@@ -26,13 +25,13 @@ from safetensors import safe_open
 
 from .adapters import get_adapter, layer_parameters, layer_sizes
 from .assets import ASSET_HUB_IDS, asset_name_of
+from .evaluation import load_eval_results
 from .methods import METHODS
 from .methods.registry import DEPTH_FIELDS
 from .plan import MergePlan
 
 logger = logging.getLogger(__name__)
 
-EVAL_RESULTS_FILE = "eval_results.json"
 
 
 # Hub ids of the datasets behind each calibration source, for the card's `datasets` metadata.
@@ -168,11 +167,6 @@ def _option_names(method: str) -> list[str]:
 
 def _human(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-
-
-def load_eval_results(folder: str | Path) -> dict | None:
-    path = Path(folder) / EVAL_RESULTS_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _eval_sections(results: dict | None) -> tuple[list[str], list[dict], list[EvalResult], str]:

@@ -200,6 +200,22 @@ def add_v4_rope_keys(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+# transformers 5 names the class every tokenizers-backed tokenizer loads as; 4.x does not know it and
+# silently loads no tokenizer (optimum-onnx's export then writes none). `PreTrainedTokenizerFast` is
+# what 4.x calls the same thing, and 5.x maps it back to `TokenizersBackend`.
+_V4_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def add_v4_tokenizer_class(tokenizer_config_path: Path) -> None:
+    """Name the tokenizer class in `tokenizer_config.json` so that transformers 4.x loads it too."""
+    if not tokenizer_config_path.is_file():
+        return
+    config = json.loads(tokenizer_config_path.read_text())
+    if config.get("tokenizer_class") in _V4_TOKENIZER_CLASSES:
+        config["tokenizer_class"] = _V4_TOKENIZER_CLASSES[config["tokenizer_class"]]
+        tokenizer_config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 def _replace(staging: Path, out: Path) -> None:
     """Move `staging` to `out`; a previous `out` is set aside first and put back if the move fails."""
     if not out.exists():
@@ -237,6 +253,7 @@ def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenize
         add_v4_rope_keys(staging / "config.json")
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
+            add_v4_tokenizer_class(staging / "tokenizer_config.json")
         if card_writer is not None and getattr(model.config, "flatten", None):
             card_writer(staging, model_name=out.name)
         _replace(staging, out)

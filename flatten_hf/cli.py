@@ -381,13 +381,15 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     from .assets import asset_name_of
     from .card import write_card
     from .checkpoint import check_output_dir, load_model, resolve_model_path, save_compressed
-    from .recovery import RecoveryConfig, plan_of, recover
+    from .recovery import RecoveryConfig, plan_of, recover, require_peft
 
     path = resolve_model_path(args.model)
     out = check_output_dir(args.out, args.overwrite, inputs=(path,))
     check_device(args.device)
     plan = plan_of(AutoConfig.from_pretrained(path))  # fail before loading anything
     config = RecoveryConfig(**{f.name: getattr(args, f.name) for f in fields(RecoveryConfig)})
+    if config.train == "lora":
+        require_peft()  # before minutes of loading
     student, tokenizer = load_model(args.model, args.dtype, args.device)
     teacher, _ = load_model(args.teacher or asset_name_of(plan.base_model), args.dtype, args.device)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / f"{out.name}.recovery-state"
@@ -570,6 +572,8 @@ def _write_json(path: str, data: dict) -> None:
     Path(path).write_text(json.dumps(data, indent=1) + "\n")
 
 
+# The optional packages and the extra that installs each (setup.cfg's extras_require).
+_EXTRA_OF = {"peft": "recover", "lm_eval": "eval", "matplotlib": "eval"}
 COMMANDS = {"assets": _cmd_assets, "compress": _cmd_compress, "recover": _cmd_recover, "ppl": _cmd_ppl, "info": _cmd_info,
             "eval": _cmd_eval, "bench": _cmd_bench, "report": _cmd_report, "card": _cmd_card, "push": _cmd_push}
 
@@ -601,8 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130 if isinstance(e, KeyboardInterrupt) else 143
     except ModuleNotFoundError as e:
         log.debug("failed", exc_info=True)
+        extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+        hint = f"pip install 'flatten-hf[{extra}]'" if extra else f"pip install {e.name}"
         print(f"flatten-hf {args.command}: error: this command needs the '{e.name}' package, which is not installed "
-              f"(pip install {e.name}).", file=sys.stderr)
+              f"({hint}).", file=sys.stderr)
         return 2
     except (ValueError, OSError, RuntimeError, ImportError) as e:  # OSError: missing, unreadable, unwritable files
         log.debug("failed", exc_info=True)

