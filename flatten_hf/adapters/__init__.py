@@ -1,10 +1,13 @@
 """Architecture adapters: one module per supported architecture, each registering one `ModelAdapter`.
 
-Adding an architecture is one module here (and its line below), its Flattened classes in
-`modeling/`, and its tests.
+Every module of this package is imported here, so adding an architecture is one module here, its
+Flattened config and model classes in `modeling/` (they travel with per-layer checkpoints, so they
+cannot live in the adapter), and its tests.
 """
 
-from . import llama, mistral, qwen2, qwen3  # noqa: F401  (each registers its adapter)
+import importlib
+import pkgutil
+
 from .base import (
     ModelAdapter,
     adapter_for,
@@ -19,6 +22,9 @@ from .base import (
     register_adapter,
     registered_adapters,
 )
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "ModelAdapter",
