@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from .adapters import adapter_for, is_flattened
 from .assets import ASSET_HUB_IDS, ASSETS, DEFAULT_MODEL_ASSET, require_asset
 from .checks import non_finite_parameters
 from .plan import MergePlan
@@ -57,6 +58,17 @@ def base_model_id(model: str | None) -> str:
     return ASSET_HUB_IDS.get(name, name)
 
 
+def check_stock_can_hold(config, plan: MergePlan) -> None:
+    """A stock config whose plan mixes heads of several layers where the stock layer shares a per-head
+    weight (Qwen3's q/k norms) describes weights it cannot hold: refuse it, naming the layer."""
+    if is_flattened(config) or adapter_for(config).stock_can_hold(plan):
+        return
+    layer = next(i for i, sources in enumerate(plan.layers) if sum(bool(s.q_heads) for s in sources) > 1)
+    raise ValueError(f"flatten.layers[{layer}] takes attention heads from several original layers, but a stock "
+                     f"{type(config).__name__} layer shares one q/k norm across its heads; the checkpoint needs "
+                     "the Flattened classes or a corrected plan.")
+
+
 def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
                device: str | None = None) -> tuple[PreTrainedModel, object]:
     """Load a causal LM and its tokenizer (default: the embedded SmolLM2-135M)."""
@@ -67,7 +79,7 @@ def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
     try:
         config = AutoConfig.from_pretrained(path)
         if getattr(config, "flatten", None):
-            MergePlan.from_config(config)  # a broken plan fails here, before the weights are read
+            check_stock_can_hold(config, MergePlan.from_config(config))  # before the weights are read
         lm = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, SafetensorError) as e:  # missing, truncated or empty files; no network

@@ -89,3 +89,18 @@ def test_removal_methods_keep_qwen3_a_stock_checkpoint(method):
     model = tiny_model("qwen3")
     out = compress(model, method, num_layers=1, calibration_ids=torch.randint(3, 90, (4, 16)))
     assert type(out) is Qwen3ForCausalLM and out.config.num_hidden_layers == 3
+
+
+def test_a_stock_qwen3_checkpoint_whose_plan_mixes_heads_is_refused_before_loading(tmp_path):
+    from flatten_hf.checkpoint import load_model
+
+    model = tiny_model("qwen3")
+    out = compress(model, "shortgpt", num_layers=1, calibration_ids=torch.randint(3, 90, (4, 16)))
+    plan = out.config.flatten
+    # claim that layer 1's heads come from two original layers: a stock layer cannot hold their two norms
+    plan["layers"][1]["sources"] = [dict(plan["layers"][1]["sources"][0], q_heads="0-1", kv_heads="0"),
+                                    dict(plan["layers"][2]["sources"][0], q_heads="2-3", kv_heads="1", mlp_channels="")]
+    plan["merge_plan"][1] = [s["layer"] for s in plan["layers"][1]["sources"]]
+    out.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"flatten.layers\[1\] takes attention heads from several original layers"):
+        load_model(str(tmp_path))
