@@ -10,7 +10,7 @@ silently. Memory stays bounded by one layer on the compute device plus the activ
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -33,6 +33,24 @@ def capture(module: nn.Module, what: str):
 
 class _StopForward(Exception):
     """Raised by the capture hook once it has what it needs."""
+
+
+def input_of(module: nn.Module, call: Callable[[], object]) -> torch.Tensor:
+    """The input `module` receives while `call()` runs; the run stops there, so nothing after it is computed."""
+    seen: list[torch.Tensor] = []
+
+    def stop(m, args):
+        seen.append(args[0])
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(stop)
+    try:
+        call()
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 def layer_type_of(config, layer_idx: int) -> str:

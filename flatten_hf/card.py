@@ -23,7 +23,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from safetensors import safe_open
 
-from .adapters import get_adapter, layer_parameters, layer_sizes
+from .adapters import get_adapter, is_flattened, layer_parameters, layer_sizes
 from .assets import ASSET_HUB_IDS, asset_name_of
 from .evaluation import load_eval_results
 from .methods import METHODS
@@ -122,7 +122,7 @@ def reproduce_command(plan: MergePlan, config, out: str) -> str:
     final = {k: v for k, v in plan.method_params.items() if k != "history"}
     steps = [*plan.method_params.get("history", []),
              {"method": plan.method, "method_params": final, "num_hidden_layers": len(plan.layers)}]
-    uniform = not hasattr(config, "num_attention_heads_per_layer") or config.is_uniform
+    uniform = not is_flattened(config) or config.is_uniform
     model, depth, lines = asset_name_of(plan.base_model), plan.source_num_hidden_layers, []
     for k, step in enumerate(steps):
         last = k == len(steps) - 1

@@ -61,12 +61,11 @@ def base_model_id(model: str | None) -> str:
 def check_stock_can_hold(config, plan: MergePlan) -> None:
     """A stock config whose plan mixes heads of several layers where the stock layer shares a per-head
     weight (Qwen3's q/k norms) describes weights it cannot hold: refuse it, naming the layer."""
-    if is_flattened(config) or adapter_for(config).stock_can_hold(plan):
-        return
-    layer = next(i for i, sources in enumerate(plan.layers) if sum(bool(s.q_heads) for s in sources) > 1)
-    raise ValueError(f"flatten.layers[{layer}] takes attention heads from several original layers, but a stock "
-                     f"{type(config).__name__} layer shares one q/k norm across its heads; the checkpoint needs "
-                     "the Flattened classes or a corrected plan.")
+    mixed = [] if is_flattened(config) else adapter_for(config).layers_stock_cannot_hold(plan)
+    if mixed:
+        raise ValueError(f"flatten.layers[{mixed[0]}] takes attention heads from several original layers, but a "
+                         f"stock {type(config).__name__} layer shares one q/k norm across its heads; the checkpoint "
+                         "needs the Flattened classes or a corrected plan.")
 
 
 def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",

@@ -27,38 +27,51 @@ class ModelAdapter:
     """One architecture: its classes and the roles of its decoder layer's parameters.
 
     Args:
-        model_type: the stock config's `model_type` (e.g. "llama").
         display_name: how cards and logs spell the architecture (e.g. "LLaMA").
-        stock_config_class, stock_model_class, decoder_layer_class: the transformers classes.
-        flatten_config_class, flatten_base_model_class, flatten_model_class: the per-layer classes of
-            `flatten_hf.modeling` (their `model_type` is "flatten_" + `model_type`).
-        flatten_decoder_layer_class: the decoder layer of the Flattened model, when it is not the
-            stock one (Qwen3: per-head q/k norm weights).
+        stock_model_class, decoder_layer_class: the transformers causal LM and its decoder layer.
+        flatten_model_class: the per-layer causal LM of `flatten_hf.modeling`; its config, base model
+            and decoder layer classes are read from it.
         roles: the roles of the decoder layer's parameters and sublayers.
     """
 
-    model_type: str
     display_name: str
-    stock_config_class: type
     stock_model_class: type[PreTrainedModel]
     decoder_layer_class: type[nn.Module]
-    flatten_config_class: type
-    flatten_base_model_class: type[PreTrainedModel]
     flatten_model_class: type[PreTrainedModel]
-    flatten_decoder_layer_class: type[nn.Module] | None = None
     roles: LayerRoles = field(default_factory=gated_decoder_roles)
 
     @property
+    def model_type(self) -> str:
+        """The stock config's `model_type` (e.g. "llama")."""
+        return self.stock_config_class.model_type
+
+    @property
+    def stock_config_class(self) -> type:
+        return self.stock_model_class.config_class
+
+    @property
+    def flatten_config_class(self) -> type:
+        return self.flatten_model_class.config_class
+
+    @property
+    def flatten_base_model_class(self) -> type[PreTrainedModel]:
+        return self.flatten_model_class.base_model_class
+
+    @property
     def flattened_layer_class(self) -> type[nn.Module]:
-        return self.flatten_decoder_layer_class or self.decoder_layer_class
+        """The Flattened model's decoder layer (the stock one, or Qwen3's with per-head q/k norm rows)."""
+        return self.flatten_base_model_class.decoder_layer_class
+
+    def layers_stock_cannot_hold(self, plan: MergePlan) -> list[int]:
+        """The new layers of `plan` that no stock layer can hold even at the dense widths: none, unless
+        the architecture has per-head weights that a stock layer shares across its heads (Qwen3's q/k
+        norms) and the layer draws heads from more than one original layer."""
+        if not self.roles.per_head:
+            return []
+        return [i for i, sources in enumerate(plan.layers) if sum(bool(s.q_heads) for s in sources) > 1]
 
     def stock_can_hold(self, plan: MergePlan) -> bool:
-        """Whether a stock layer can hold every new layer of `plan` whose widths are the dense ones:
-        always, unless the architecture has per-head weights that a stock layer shares across its heads
-        and some new layer draws heads from more than one original layer."""
-        if not self.roles.per_head:
-            return True
-        return all(sum(bool(s.q_heads) for s in sources) <= 1 for sources in plan.layers)
+        return not self.layers_stock_cannot_hold(plan)
 
 
 _ADAPTERS: dict[str, ModelAdapter] = {}

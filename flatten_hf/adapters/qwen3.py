@@ -7,17 +7,15 @@ layers needs. Results whose layers each take their heads from one original layer
 ReplaceMe) stay stock `Qwen3ForCausalLM` checkpoints.
 """
 
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from transformers import Qwen3ForCausalLM
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
 
-from ..modeling import FlattenedQwen3DecoderLayer, FlattenedQwen3ForCausalLM, FlattenedQwen3Model, FlattenQwen3Config
+from ..modeling import FlattenedQwen3ForCausalLM
 from ..ops.layer_weights import gated_decoder_roles
 from .base import ModelAdapter, register_adapter
 
 QWEN3 = register_adapter(ModelAdapter(
-    model_type="qwen3", display_name="Qwen3",
-    stock_config_class=Qwen3Config, stock_model_class=Qwen3ForCausalLM, decoder_layer_class=Qwen3DecoderLayer,
-    flatten_config_class=FlattenQwen3Config, flatten_base_model_class=FlattenedQwen3Model,
-    flatten_model_class=FlattenedQwen3ForCausalLM, flatten_decoder_layer_class=FlattenedQwen3DecoderLayer,
+    display_name="Qwen3", stock_model_class=Qwen3ForCausalLM, decoder_layer_class=Qwen3DecoderLayer,
+    flatten_model_class=FlattenedQwen3ForCausalLM,
     roles=gated_decoder_roles(per_head={"self_attn.q_norm.weight": "q", "self_attn.k_norm.weight": "kv"}),
 ))

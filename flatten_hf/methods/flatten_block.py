@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 
 from ..adapters import adapter_for, head_dim_of, layer_sizes, linear_weights, loaded_decoder_layer
 from ..assemble import layer_state, whole_layer
-from ..calibration import LayerwiseRunner, capture, layer_type_of
+from ..calibration import LayerwiseRunner, capture, input_of, layer_type_of
 from ..ops.channel_selection import ridge_leverage_scores, top_k
 from ..ops.compensation import least_squares_refit, relative_error, ridge_lambda
 from ..ops.folding import fold_norms
@@ -154,9 +154,7 @@ class GroupFlattener:
 
     def _mlp_hidden(self, u: torch.Tensor) -> torch.Tensor:
         """psi: the wide MLP's hidden activations on normalised input `u` (what its output projection reads)."""
-        with capture(self.mlp_output, "input") as psi:
-            self.mlp(u)
-        return _tokens(psi[0])
+        return _tokens(input_of(self.mlp_output, lambda: self.mlp(u)))
 
     def _sources(self, kv_groups: list[int], channels: list[int]) -> list[SourceSlice]:
         """Map kept wide-block indices back to (member layer, local index) pairs."""
