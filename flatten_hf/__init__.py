@@ -7,7 +7,7 @@ classes, so compressed checkpoints load with `AutoModelForCausalLM.from_pretrain
 
 from .card import render_card, write_card
 from .checkpoint import load_model, save_compressed
-from .compression import CalibrationConfig, compress
+from .compression import CalibrationConfig, compress, compress_checkpoint
 from .evaluation import EvalResult, evaluate
 from .hub import push_to_hub
 from .methods.come import CoMeConfig
@@ -36,6 +36,7 @@ __all__ = [
     "ShortGPTConfig",
     "SourceSlice",
     "compress",
+    "compress_checkpoint",
     "evaluate",
     "load_model",
     "perplexity",

@@ -1,4 +1,5 @@
-"""Build a compressed model from a merge plan and the new layers' weights.
+"""Build a compressed model from a merge plan and the new layers' weights: in memory (`assemble`) or
+straight into checkpoint shards, one layer at a time (`write_checkpoint`).
 
 The plan alone decides the architecture: the number of layers, each layer's widths, the layer types
 (sliding windows), and whether a stock class can represent the result (every layer at the dense
@@ -9,8 +10,11 @@ per-layer `Flattened*ForCausalLM` classes are needed.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
+from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .adapters import adapter_for, head_dim_of, is_flattened, layer_sizes
@@ -19,6 +23,8 @@ from .modeling.configuration_flatten import PER_LAYER_FIELDS
 from .ops.folding import fold_norms
 from .ops.layer_weights import LayerState, concat, per_head_rows, select, shared_per_head
 from .plan import MergePlan, SourceSlice
+from .shard_writer import ShardWriter
+from .streaming import SpilledLayerStates, new_layer_states
 
 _NOT_INHERITED = ("model_type", "architectures", "auto_map", "transformers_version", "flatten", *PER_LAYER_FIELDS)
 
@@ -100,6 +106,49 @@ def assemble(base_model: PreTrainedModel, plan: MergePlan, layer_states: list[La
 
 
 @torch.no_grad()
-def plan_weights(model: PreTrainedModel, plan: MergePlan) -> list[LayerState]:
+def write_checkpoint(folder: Path, base_model: PreTrainedModel, config, layer_states: Iterable[LayerState],
+                     dtype: torch.dtype, max_shard_size: str | int = "5GB") -> None:
+    """Write the compressed model that `config` describes into `folder` without building it: its
+    config, generation config and (for the Flattened classes) modeling code as `save_pretrained`
+    writes them, then the base model's embeddings, the new layers one at a time and the final norm and
+    LM head, into safetensors shards (`ShardWriter`). The tensors are those `assemble` would hold."""
+    adapter, flattened = adapter_for(config), is_flattened(config)
+    model_class = adapter.flatten_model_class if flattened else adapter.stock_model_class
+    layout = per_head_rows if flattened else shared_per_head
+    config._attn_implementation = base_model.config._attn_implementation
+    with torch.device("meta"):
+        skeleton = model_class(config).to(dtype)
+    skeleton.generation_config = copy.deepcopy(base_model.generation_config)
+    skeleton.save_pretrained(folder, state_dict={})  # config.json, generation_config.json, code and auto_map
+    expected = set(skeleton.state_dict())
+    outside = {k: v for k, v in base_model.state_dict().items() if not k.startswith("model.layers.")}
+    if config.tie_word_embeddings:
+        outside.pop("lm_head.weight", None)
+        expected.discard("lm_head.weight")
+    writer, written = ShardWriter(folder, max_shard_size), set()
+
+    def add(name: str, tensor: torch.Tensor) -> None:
+        writer.add(name, tensor.to(dtype))
+        written.add(name)
+
+    for name in [k for k in outside if k.startswith("model.embed_tokens.")]:
+        add(name, outside.pop(name))
+    for i, state in enumerate(tqdm(layer_states, desc="writing layers", unit="layer")):
+        for name, tensor in layout(state, adapter.roles).items():
+            add(f"model.layers.{i}.{name}", tensor)
+        writer.boundary()
+    for name, tensor in outside.items():
+        add(name, tensor)
+    if written != expected:
+        raise RuntimeError(f"Compressed weights do not fit the plan's architecture: missing {sorted(expected - written)}, "
+                           f"unexpected {sorted(written - expected)}.")
+    writer.close()
+
+
+@torch.no_grad()
+def plan_weights(model: PreTrainedModel, plan: MergePlan) -> list[LayerState] | SpilledLayerStates:
     """Weights of every new layer of a pure selection plan (no compensation)."""
-    return [layer_from_sources(model, sources) for sources in plan.layers]
+    states = new_layer_states(model)
+    for sources in plan.layers:
+        states.append(layer_from_sources(model, sources))
+    return states

@@ -59,6 +59,29 @@ def layer_type_of(config, layer_idx: int) -> str:
     return layer_types[layer_idx] if layer_types else "full_attention"
 
 
+def _to(obj, device: torch.device):
+    """`obj` (a tensor, or tensors in tuples and dicts) on `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+class _Recorder(nn.Module):
+    """Stands in for decoder layer `idx` while the runner captures its inputs: records, computes nothing."""
+
+    def __init__(self, idx: int, attention_type: str, record: Callable[[int, torch.Tensor, dict], None]) -> None:
+        super().__init__()
+        self.idx, self.attention_type, self.record = idx, attention_type, record
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        self.record(self.idx, hidden_states, kwargs)
+        return hidden_states
+
+
 class LayerwiseRunner:
     """Holds the hidden states entering the current layer for every calibration batch.
 
@@ -66,7 +89,7 @@ class LayerwiseRunner:
         model: a causal LM of a supported architecture (`model.model.layers`); its layers may live on the CPU.
         input_ids: `[N, L]` calibration token ids.
         batch_size: sequences per forward call.
-        device: where layers are run; defaults to the device of the embeddings.
+        device: where layers are run and activations kept; defaults to the device of the embeddings.
     """
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, batch_size: int = 8,
@@ -82,40 +105,38 @@ class LayerwiseRunner:
 
     @torch.no_grad()
     def _capture(self, base: nn.Module) -> None:
-        """Record each batch's embeddings and the forward kwargs (position embeddings, masks) per layer type."""
+        """Record each batch's embeddings and the forward kwargs (position embeddings, masks) per layer type.
+
+        The base model runs with stand-ins for its decoder layers that record what they are called
+        with and pass the hidden states through: no decoder layer is computed (or, for a streamed
+        model, read from disk), since none of the recorded kwargs depends on a layer's output.
+        """
         wanted: dict[str, int] = {}
         for i in range(len(base.layers)):
             wanted.setdefault(layer_type_of(self.config, i), i)
         last = max(wanted.values())
+        embed_device = base.embed_tokens.weight.device
+        layers = base.layers
         for ids in self.batches:
-            ids = ids.to(self.device)
             captured: dict[str, dict] = {}
 
-            def hook(module, args, kwargs, idx):
-                kw = dict(kwargs)
-                if args:
-                    kw.setdefault("hidden_states", args[0])
+            def record(idx: int, hidden: torch.Tensor, kwargs: dict) -> None:
                 if idx == 0:
-                    self.hidden.append(kw["hidden_states"].detach())
-                kw.pop("hidden_states")
+                    self.hidden.append(_to(hidden.detach(), self.device))
                 for kind, first in wanted.items():
                     if first == idx:
-                        captured[kind] = kw
+                        captured[kind] = _to(kwargs, self.device)
                 if idx == last:
                     raise _StopForward
 
-            handles = [
-                base.layers[idx].register_forward_pre_hook(
-                    lambda m, a, k, idx=idx: hook(m, a, k, idx), with_kwargs=True)
-                for idx in sorted(set(wanted.values()) | {0})
-            ]
+            base.layers = nn.ModuleList(_Recorder(idx, layer_type_of(self.config, idx), record)
+                                        for idx in range(last + 1))
             try:
-                base(input_ids=ids, use_cache=False)
+                base(input_ids=ids.to(embed_device), use_cache=False)
             except _StopForward:
                 pass
             finally:
-                for h in handles:
-                    h.remove()
+                base.layers = layers
             self.layer_kwargs.append(captured)
 
     @property

@@ -14,7 +14,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -50,6 +51,17 @@ def resolve_model_path(model: str | None) -> str:
     if name.startswith((".", "/", "~")) or name.count("/") != 1 or name.endswith("/"):
         raise FileNotFoundError(f"model {name!r}: no such folder.")
     return name
+
+
+def local_checkpoint(model: str | os.PathLike | None) -> str:
+    """`resolve_model_path`, plus a Hub id downloaded to the local cache (config, weights, tokenizer),
+    for the code that reads files directly instead of through `from_pretrained`."""
+    path = resolve_model_path(str(model) if model is not None else None)
+    if Path(path).is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
 
 
 def base_model_id(model: str | None) -> str:
@@ -242,6 +254,38 @@ def _replace(staging: Path, out: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+@contextmanager
+def staged_output(out_dir: str | os.PathLike, overwrite: bool = False,
+                  inputs: tuple[str | os.PathLike, ...] = ()) -> Iterator[Path]:
+    """A fresh staging folder next to `out_dir`, moved into place when the block ends, removed if it fails.
+
+    `out_dir` is checked first (`check_output_dir`), and leftovers of killed runs are cleaned up.
+    SIGINT/SIGTERM included, nothing half-written stays behind.
+    """
+    out = check_output_dir(out_dir, overwrite, inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_siblings(out.parent)
+    staging = _sibling(out, "staging")
+    try:
+        yield staging
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Saved %s", out)
+
+
+def finish_checkpoint(folder: Path, config, tokenizer=None, card_writer: Callable[..., object] | None = None,
+                      model_name: str | None = None) -> None:
+    """What every checkpoint gets after its weights: RoPE keys for 4.x, the tokenizer, the model card."""
+    add_v4_rope_keys(folder / "config.json")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+        add_v4_tokenizer_class(folder / "tokenizer_config.json")
+    if card_writer is not None and getattr(config, "flatten", None):
+        card_writer(folder, model_name=model_name)
+
+
 def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenizer=None, overwrite: bool = False,
                     card_writer: Callable[..., object] | None = None, max_shard_size: str | int = "5GB") -> Path:
     """Save a compressed model (and tokenizer, and its model card) to `out_dir`, all or nothing.
@@ -255,21 +299,7 @@ def save_compressed(model: PreTrainedModel, out_dir: str | os.PathLike, tokenize
     a model with a merge plan, so the card lands with the weights or not at all. It is passed in, not
     imported, because the card reads checkpoints and this module must not depend on it.
     """
-    out = check_output_dir(out_dir, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_siblings(out.parent)
-    staging = _sibling(out, "staging")
-    try:
+    with staged_output(out_dir, overwrite) as staging:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
-        add_v4_rope_keys(staging / "config.json")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-            add_v4_tokenizer_class(staging / "tokenizer_config.json")
-        if card_writer is not None and getattr(model.config, "flatten", None):
-            card_writer(staging, model_name=out.name)
-        _replace(staging, out)
-    except BaseException:  # SIGINT/SIGTERM included: nothing half-written stays behind
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    logger.info("Saved %s", out)
-    return out
+        finish_checkpoint(staging, model.config, tokenizer, card_writer, Path(out_dir).expanduser().resolve().name)
+    return Path(out_dir).expanduser().resolve()

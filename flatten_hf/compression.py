@@ -1,25 +1,33 @@
-"""`flatten_hf.compress`: one entry point for every compression method."""
+"""`flatten_hf.compress` (a model in memory) and `compress_checkpoint` (a checkpoint on disk, streamed
+layer by layer): one entry point for every compression method."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 
 from .adapters import adapter_for
-from .assemble import assemble
+from .assemble import assemble, compressed_config, write_checkpoint
 from .calibration import LayerwiseRunner
+from .checkpoint import check_output_dir, finish_checkpoint, local_checkpoint, staged_output
 from .checks import check_finite, check_positions, check_value
 from .data import calibration_ids as make_calibration_ids
 from .methods import METHODS, get_method
 from .methods.common import layers_to_remove
 from .methods.registry import check_options
+from .ops.layer_weights import LayerState
 from .plan import MergePlan, compose
 from .sampling import SELF_SOURCE, sample_ids
+from .streaming import load_streamed_model, peak_rss_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -93,36 +101,11 @@ def method_config(method: str | Any, **kwargs: Any) -> tuple[str, Any]:
     raise TypeError(f"method must be a name or one of {[m.config_class.__name__ for m in METHODS.values()]}.")
 
 
-def compress(
-    model: PreTrainedModel,
-    method: str | Any = "shortgpt",
-    *,
-    tokenizer: Any = None,
-    calibration: CalibrationConfig | None = None,
-    calibration_ids: torch.Tensor | None = None,
-    stock_if_uniform: bool = True,
-    base_model: str | None = None,
-    **method_kwargs: Any,
-) -> PreTrainedModel:
-    """Compress a causal LM and return the new model, its merge plan in `config.flatten`.
-
-    Any architecture with an adapter works (LLaMA, Mistral, Qwen2, Qwen3; see `flatten_hf.adapters`).
-
-    Args:
-        model: the dense (or already compressed) model; it is not modified.
-        method: a registered method's name ('shortgpt', 'flattengpt', 'come', ...; see
-            `flatten_hf.methods.METHODS`) or its config, such as `ShortGPTConfig(ratio=0.2)`.
-        tokenizer: used to tokenize the calibration text (not needed with `calibration_ids`).
-        calibration: calibration text settings, see `CalibrationConfig`.
-        calibration_ids: ready `[N, L]` token ids, overriding `calibration`'s text settings.
-        stock_if_uniform: return the stock class (e.g. `LlamaForCausalLM`) when every layer ends at
-            the dense widths (loadable with no custom code), else always the `Flattened*` classes.
-        base_model: the id recorded as `base_model` in the plan (default: the model's name or path).
-        **method_kwargs: the method's options, e.g. `ratio=0.2` or `num_layers=6`.
-
-    Example:
-        >>> compressed = flatten_hf.compress(model, "shortgpt", tokenizer=tok, ratio=0.2)
-    """
+def _plan_and_layers(model: PreTrainedModel, method: str | Any, tokenizer: Any, calibration: CalibrationConfig | None,
+                     calibration_ids: torch.Tensor | None, base_model: str | None, method_kwargs: dict
+                     ) -> tuple[str, MergePlan, Sequence[LayerState], MergePlan | None]:
+    """Check everything that needs no compute, calibrate, run the method: (name, plan, new layers, the
+    plan to record when `model` was itself compressed)."""
     adapter = adapter_for(model.config)
     name, config = method_config(method, **method_kwargs)
     # An already compressed input: its plan is checked now and the new one is composed with it below.
@@ -154,7 +137,105 @@ def compress(
         **plan.method_params,
     }
     recorded = compose(previous, plan, checkpoint=plan.base_model) if previous else None
-    compressed = assemble(model, plan, layer_states, stock_if_uniform, recorded)
-    logger.info("%s: %d -> %d layers in %.1f s", name, model.config.num_hidden_layers,
-                compressed.config.num_hidden_layers, time.perf_counter() - start)
-    return compressed
+    logger.info("%s: %d -> %d layers in %.1f s", name, model.config.num_hidden_layers, len(plan.layers),
+                time.perf_counter() - start)
+    return name, plan, layer_states, recorded
+
+
+def compress(
+    model: PreTrainedModel,
+    method: str | Any = "shortgpt",
+    *,
+    tokenizer: Any = None,
+    calibration: CalibrationConfig | None = None,
+    calibration_ids: torch.Tensor | None = None,
+    stock_if_uniform: bool = True,
+    base_model: str | None = None,
+    **method_kwargs: Any,
+) -> PreTrainedModel:
+    """Compress a causal LM and return the new model, its merge plan in `config.flatten`.
+
+    Any architecture with an adapter works (LLaMA, Mistral, Qwen2, Qwen3; see `flatten_hf.adapters`).
+    For a checkpoint on disk that need not fit in memory, see `compress_checkpoint`.
+
+    Args:
+        model: the dense (or already compressed) model; it is not modified.
+        method: a registered method's name ('shortgpt', 'flattengpt', 'come', ...; see
+            `flatten_hf.methods.METHODS`) or its config, such as `ShortGPTConfig(ratio=0.2)`.
+        tokenizer: used to tokenize the calibration text (not needed with `calibration_ids`).
+        calibration: calibration text settings, see `CalibrationConfig`.
+        calibration_ids: ready `[N, L]` token ids, overriding `calibration`'s text settings.
+        stock_if_uniform: return the stock class (e.g. `LlamaForCausalLM`) when every layer ends at
+            the dense widths (loadable with no custom code), else always the `Flattened*` classes.
+        base_model: the id recorded as `base_model` in the plan (default: the model's name or path).
+        **method_kwargs: the method's options, e.g. `ratio=0.2` or `num_layers=6`.
+
+    Example:
+        >>> compressed = flatten_hf.compress(model, "shortgpt", tokenizer=tok, ratio=0.2)
+    """
+    _, plan, layer_states, recorded = _plan_and_layers(model, method, tokenizer, calibration, calibration_ids,
+                                                       base_model, method_kwargs)
+    return assemble(model, plan, layer_states, stock_if_uniform, recorded)
+
+
+def compress_checkpoint(
+    model: str | os.PathLike,
+    method: str | Any = "shortgpt",
+    *,
+    out_dir: str | os.PathLike,
+    tokenizer: Any = None,
+    calibration: CalibrationConfig | None = None,
+    calibration_ids: torch.Tensor | None = None,
+    stock_if_uniform: bool = True,
+    base_model: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    save_dtype: str | torch.dtype | None = None,
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+    card_writer: Callable[..., object] | None = None,
+    resident_layers: int = 2,
+    **method_kwargs: Any,
+) -> Path:
+    """Compress a checkpoint on disk into `out_dir` without ever holding the whole model in memory.
+
+    The decoder layers are read from the safetensors shards when a method reaches them and run on
+    `calibration.device` (default cpu), at most `resident_layers` cached; each finished layer is spilled
+    to a scratch file in the staging folder and written into the output shards at the end, one layer
+    at a time (see `flatten_hf.streaming`). Peak memory is the embeddings, a few layers and the
+    calibration activations, whatever the depth; the checkpoint equals `compress(model)`'s saved
+    output tensor for tensor. `out_dir` is written atomically, as by `save_compressed`.
+
+    Args:
+        model: a local checkpoint folder, an offline asset name or a Hub id (downloaded, weights only).
+        method, calibration, calibration_ids, stock_if_uniform, base_model, **method_kwargs: as `compress`.
+        out_dir: the output folder (must be new or empty, or a previous checkpoint with `overwrite`).
+        tokenizer: default: the checkpoint's own.
+        dtype: the dtype the layers are computed in; `save_dtype`: the output's (default: `dtype`).
+        card_writer: e.g. `flatten_hf.write_card`, run on the staged folder (see `save_compressed`).
+        resident_layers: decoder layers kept cached between uses.
+
+    Returns:
+        The output folder.
+    """
+    folder = Path(local_checkpoint(model))
+    calibration = calibration or CalibrationConfig()
+    if calibration_ids is None and SELF_SOURCE in calibration.source.split("+"):
+        raise ValueError(f"--calib-source {calibration.source!r} samples text from the whole model, which a streamed "
+                         "run never holds; use --in-memory, or a text source.")
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    save_dtype = getattr(torch, save_dtype) if isinstance(save_dtype, str) else (save_dtype or dtype)
+    check_output_dir(out_dir, overwrite, inputs=(folder,))
+    method_config(method, **method_kwargs)  # bad options fail before the weights are touched
+    source = load_streamed_model(folder, dtype, calibration.device or "cpu", resident_layers)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    with staged_output(out_dir, overwrite, inputs=(folder,)) as staging:
+        source.model.layers.scratch = staging / ".scratch"
+        _, plan, layer_states, recorded = _plan_and_layers(source, method, tokenizer, calibration, calibration_ids,
+                                                           base_model or str(model), method_kwargs)
+        config = compressed_config(source.config, plan, stock_if_uniform, recorded)
+        write_checkpoint(staging, source, config, layer_states, save_dtype, max_shard_size)
+        shutil.rmtree(staging / ".scratch", ignore_errors=True)
+        finish_checkpoint(staging, config, tokenizer, card_writer, Path(out_dir).expanduser().resolve().name)
+    logger.info("peak resident memory %.2f GB, %d layer reads", peak_rss_bytes() / 1e9, source.model.layers.reads)
+    return Path(out_dir).expanduser().resolve()

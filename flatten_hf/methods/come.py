@@ -24,6 +24,7 @@ layers before it are reused and the hidden states entering every current layer a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +42,7 @@ from ..ops.sensitivity import channel_sensitivity, kv_group_sensitivity
 from ..ops.share_allocation import cap_counts, distribute_and_round, influence_shares
 from ..plan import MergePlan, SourceSlice
 from ..similarity import block_influence, last_token_angular_distance
+from ..streaming import new_layer_states
 from .common import layers_to_remove
 from .registry import MethodSpec, check_options, option, register_method
 
@@ -77,16 +79,20 @@ class CoMeConfig:
 
 @dataclass
 class _Layer:
-    """One layer of the current model: where it came from, its weights (None: an untouched original
-    layer) and a runnable module."""
+    """One layer of the current model: where it came from and, for a merged layer, its weights and
+    runnable module. An untouched original layer is fetched from the model whenever it runs, so a
+    streamed model reads it again from disk instead of keeping every layer resident."""
 
     sources: list[SourceSlice]
-    module: nn.Module
     state: LayerState | None = None
+    merged: nn.Module | None = None
 
     @property
     def group(self) -> list[int]:
         return [s.layer for s in self.sources]
+
+    def module(self, model: PreTrainedModel) -> nn.Module:
+        return model.model.layers[self.group[0]] if self.merged is None else self.merged
 
 
 @dataclass
@@ -162,7 +168,7 @@ def pair_distance(inputs: list[list[torch.Tensor]], k: int, pair_score: str) -> 
     return block_influence(inputs[k], inputs[k + 2])
 
 
-def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) -> tuple[MergePlan, list[LayerState]]:
+def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) -> tuple[MergePlan, Sequence[LayerState]]:
     """Plan and weights of the model after progressive concatenation merges."""
     cfg = model.config
     n_layers = cfg.num_hidden_layers
@@ -171,7 +177,7 @@ def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) ->
         raise ValueError(f"CoMe merges each original layer at most once, so it removes at most {n_layers // 2} of "
                          f"{n_layers} layers; {n_merges} were asked. Use a smaller ratio, or FlattenGPT.")
     head_dim, n_rep = head_dim_of(cfg), cfg.num_attention_heads // cfg.num_key_value_heads
-    current = [_Layer([whole_layer(cfg, i)], model.model.layers[i]) for i in range(n_layers)]
+    current = [_Layer([whole_layer(cfg, i)]) for i in range(n_layers)]
     stats: list[_Stats] = []
     inputs: list[list[torch.Tensor]] = [runner.hidden]  # inputs[k]: the hidden states entering current layer k
     merges = []
@@ -179,8 +185,8 @@ def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) ->
         # Layers from the last merge point on changed or see new inputs: (re)measure them.
         for k in range(len(stats), len(current)):
             layer = current[k]
-            layer_stats, outputs = measure_layer(layer.module, layer_type_of(cfg, layer.group[0]), runner, inputs[k],
-                                                 n_rep, head_dim)
+            layer_stats, outputs = measure_layer(layer.module(model), layer_type_of(cfg, layer.group[0]), runner,
+                                                 inputs[k], n_rep, head_dim)
             stats.append(layer_stats)
             inputs.append(outputs)
         candidates = {k: pair_distance(inputs, k, config.pair_score) for k in range(len(current) - 1)
@@ -194,7 +200,7 @@ def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) ->
         state = merged_state(model, sources, shares, config.norms)
         module = loaded_decoder_layer(cfg, pair[0], state, kv_heads * n_rep, kv_heads, channels, runner.device,
                                       model.dtype)
-        current[k:k + 2] = [_Layer(sources, module, state)]
+        current[k:k + 2] = [_Layer(sources, state, module)]
         del stats[k:], inputs[k + 1:]
         merges.append({"layers": pair, "distance": round(candidates[k], 6), "shares": [round(r, 4) for r in shares],
                        "kv_heads": [len(s.kv_heads) for s in sources],
@@ -202,7 +208,9 @@ def come(model: PreTrainedModel, runner: LayerwiseRunner, config: CoMeConfig) ->
         logger.info("CoMe merges layers %s (distance %.4f, shares %s)", pair, candidates[k], merges[-1]["shares"])
     plan = MergePlan(method="come", source_num_hidden_layers=n_layers, layers=[layer.sources for layer in current],
                      method_params={"merges": merges})
-    states = [layer.state if layer.state is not None else layer_state(model, layer.group[0]) for layer in current]
+    states = new_layer_states(model)
+    for layer in current:
+        states.append(layer.state if layer.state is not None else layer_state(model, layer.group[0]))
     return plan, states
 
 

@@ -27,6 +27,7 @@ Where we depart from the paper, and why (measured on SmolLM2-135M, see the READM
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,7 @@ from ..grouping import SIMILARITY_METRICS, SimilarityAccumulator, greedy_groups,
 from ..ops.layer_weights import LayerState
 from ..ops.width_allocation import allocate_widths
 from ..plan import MergePlan
+from ..streaming import new_layer_states
 from .common import layers_to_remove
 from .flatten_block import GroupFlattener, compress_group
 from .registry import MethodSpec, check_options, option, register_method
@@ -190,7 +192,7 @@ def global_widths(model: PreTrainedModel, runner: LayerwiseRunner, groups: list[
 
 
 def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
-               config: FlattenGPTConfig) -> tuple[MergePlan, list[LayerState]]:
+               config: FlattenGPTConfig) -> tuple[MergePlan, Sequence[LayerState]]:
     """Plan and weights of the flattened (and, by default, pruned) model."""
     cfg = model.config
     n_layers = cfg.num_hidden_layers
@@ -208,7 +210,7 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
         widths = {tuple(g): (cfg.num_key_value_heads, cfg.intermediate_size) for g in groups if len(g) > 1}
     else:
         widths = global_widths(model, stats_runner, groups, config)
-    layers, states, reports = [], [], []
+    layers, states, reports = [], new_layer_states(model), []
     dense = runner.with_hidden(runner.hidden) if config.target == "dense" else None
     for group in tqdm(groups, desc="flattengpt: flatten and prune", unit="layer"):
         targets = None

@@ -78,7 +78,9 @@ class MethodSpec:
     Args:
         name: the `--method` value and the plan's `method`.
         config_class: its options, a dataclass with `num_layers` and `ratio` plus `option(...)` fields.
-        run: `(model, runner, config) -> (MergePlan, layer states)`.
+        run: `(model, runner, config) -> (MergePlan, layer states)`. The model may be streamed (its layers
+            read from disk when indexed, see `flatten_hf.streaming`): a method reaches layers only as
+            `model.model.layers[i]` and collects its new layers in `new_layer_states(model)`.
         title, paper, summary, citation: the model card's text (paper as a Markdown link).
         label: the report's name of a variant, from the plan's `method_params` (default: the name).
     """

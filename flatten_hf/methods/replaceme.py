@@ -23,6 +23,7 @@ target is the removed block run on that same input.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ from ..ops.layer_weights import LayerState
 from ..ops.linear_replacement import cosine_map, fold_into_down_proj, lstsq_map
 from ..plan import MergePlan, SourceSlice
 from ..similarity import last_token_angular_distance
+from ..streaming import new_layer_states
 from .common import layers_to_remove
 from .registry import MethodSpec, check_options, option, register_method
 
@@ -159,7 +161,7 @@ def absorbing_layer(config, cut: int, end: int) -> list[SourceSlice]:
 
 
 def replaceme(model: PreTrainedModel, runner: LayerwiseRunner,
-              config: ReplaceMeConfig) -> tuple[MergePlan, list[LayerState]]:
+              config: ReplaceMeConfig) -> tuple[MergePlan, Sequence[LayerState]]:
     """Plan and weights of the model with its closest block(s) replaced by folded linear maps."""
     cfg = model.config
     n_layers = cfg.num_hidden_layers
@@ -178,7 +180,7 @@ def replaceme(model: PreTrainedModel, runner: LayerwiseRunner,
         blocks = choose_blocks(distance, n_layers, block_sizes(n_remove, config.num_blocks))
     logger.info("ReplaceMe removes blocks %s", [list(b) for b in blocks])
     cuts = {start - 1: end for start, end in blocks}
-    layers, layer_states, reports = [], [], []
+    layers, layer_states, reports = [], new_layer_states(model), []
     i = 0
     with tqdm(total=n_layers, desc="replaceme: fit and fold", unit="layer") as bar:
         while i < n_layers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +43,7 @@ def block_influences(model: PreTrainedModel, runner: LayerwiseRunner) -> list[fl
 
 
 def shortgpt(model: PreTrainedModel, runner: LayerwiseRunner,
-             config: ShortGPTConfig) -> tuple[MergePlan, list[LayerState]]:
+             config: ShortGPTConfig) -> tuple[MergePlan, Sequence[LayerState]]:
     """Plan and weights of the model without its `n` lowest-BI layers."""
     n_layers = model.config.num_hidden_layers
     n_remove = layers_to_remove(n_layers, config.num_layers, config.ratio)
