@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import textwrap
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .checks import argparse_type, check_device, check_positions
+
+logger = logging.getLogger(__name__)
 
 POSITIVE_INT = argparse_type(int, "positive")
 NON_NEGATIVE_INT = argparse_type(int, "non_negative")
@@ -144,6 +147,12 @@ def _compress_parser(sub: argparse._SubParsersAction) -> None:
                       help="do not write a model card (README.md) into --out")
     comp.add_argument("--max-shard-size", type=shard_size, default="5GB",
                       help="split the safetensors weights into shards of at most this size (default 5GB)")
+    comp.add_argument("--in-memory", action="store_true",
+                      help="load the whole model before compressing (default: stream its decoder layers from the "
+                           "safetensors shards, so that the model need not fit in memory; --calib-source self, and "
+                           "checkpoints without safetensors, always load it whole)")
+    comp.add_argument("--resident-layers", type=POSITIVE_INT, default=2,
+                      help="streamed runs: decoder layers kept cached between uses (default 2)")
     _add_save_dtype_arg(comp)
     _add_method_option_groups(comp)
     _add_model_args(comp)
@@ -370,33 +379,50 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
     from .card import write_card
-    from .checkpoint import base_model_id, check_output_dir, load_model, resolve_model_path, save_compressed
-    from .compression import CalibrationConfig, compress, method_config
+    from .checkpoint import base_model_id, check_output_dir, load_model, local_checkpoint, save_compressed
+    from .compression import CalibrationConfig, compress, compress_checkpoint, method_config
     from .data import check_text_source
+    from .streaming import CheckpointReader, peak_rss_bytes
 
     # Everything that needs no weights is checked first: --out, the device, the method's options, the config.
-    path = resolve_model_path(args.model)
+    path = local_checkpoint(args.model)
     check_output_dir(args.out, args.overwrite, inputs=(path,))
     check_device(args.device)
     options = _method_options(args)
     method_config(args.method, ratio=args.ratio, num_layers=args.num_layers, **options)
-    check_positions(args.seq_len, AutoConfig.from_pretrained(path))
+    config = AutoConfig.from_pretrained(path)
+    check_positions(args.seq_len, config)
     calibration = CalibrationConfig(args.calib_source, args.calib_samples, args.seq_len, args.batch_size, args.seed,
                                     args.device)
-    for part in args.calib_source.split("+"):
+    parts = args.calib_source.split("+")
+    for part in parts:
         if part != "self":
             check_text_source(part)
-    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    in_memory = args.in_memory
+    if not in_memory and "self" in parts:
+        logger.info("--calib-source %s samples from the whole model: loading it in memory", args.calib_source)
+        in_memory = True
+    if not in_memory and not CheckpointReader.has_safetensors(path):
+        logger.info("%s has no safetensors weights to stream: loading it in memory", path)
+        in_memory = True
     start = time.perf_counter()
-    compressed = compress(model, args.method, tokenizer=tokenizer, calibration=calibration,
-                          stock_if_uniform=not args.flattened_classes, base_model=base_model_id(args.model),
-                          ratio=args.ratio, num_layers=args.num_layers, **options)
+    common = dict(calibration=calibration, stock_if_uniform=not args.flattened_classes,
+                  base_model=base_model_id(args.model), ratio=args.ratio, num_layers=args.num_layers, **options)
+    card_writer = write_card if args.card else None
+    if in_memory:
+        model, tokenizer = load_model(path, args.dtype, args.device)
+        compressed = compress(model, args.method, tokenizer=tokenizer, **common)
+        out = save_compressed(_cast_for_saving(compressed, args.save_dtype), args.out, tokenizer,
+                              overwrite=args.overwrite, card_writer=card_writer, max_shard_size=args.max_shard_size)
+    else:
+        out = compress_checkpoint(path, args.method, out_dir=args.out, dtype=args.dtype, save_dtype=args.save_dtype,
+                                  overwrite=args.overwrite, max_shard_size=args.max_shard_size, card_writer=card_writer,
+                                  resident_layers=args.resident_layers, **common)
     seconds = time.perf_counter() - start
-    out = save_compressed(_cast_for_saving(compressed, args.save_dtype), args.out, tokenizer,
-                          overwrite=args.overwrite, card_writer=write_card if args.card else None,
-                          max_shard_size=args.max_shard_size)
-    print(f"{args.method}: {model.config.num_hidden_layers} -> {compressed.config.num_hidden_layers} layers, "
-          f"{_params(model) / 1e6:.1f}M -> {_params(compressed) / 1e6:.1f}M parameters, {seconds:.1f} s; saved to {out}")
+    layers = AutoConfig.from_pretrained(out).num_hidden_layers
+    print(f"{args.method}: {config.num_hidden_layers} -> {layers} layers, {_checkpoint_params(path) / 1e6:.1f}M -> "
+          f"{_checkpoint_params(out) / 1e6:.1f}M parameters, {seconds:.1f} s, peak memory "
+          f"{peak_rss_bytes() / 2**30:.2f} GiB ({'in memory' if in_memory else 'streamed'}); saved to {out}")
     return 0
 
 
@@ -451,6 +477,23 @@ def _method_options(args: argparse.Namespace) -> dict:
 
 def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def _checkpoint_params(folder) -> int:
+    """Parameters stored in a checkpoint folder, read from the safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    from .streaming import CheckpointReader
+
+    if not CheckpointReader.has_safetensors(folder):
+        from .checkpoint import load_model
+
+        return _params(load_model(str(folder))[0])
+    total = 0
+    for shard in sorted(set(CheckpointReader(folder).weight_map.values())):
+        with safe_open(Path(folder) / shard, "pt") as f:
+            total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    return total
 
 
 def _cmd_ppl(args: argparse.Namespace) -> int:

@@ -218,15 +218,15 @@ def compress_checkpoint(
         The output folder.
     """
     folder = Path(local_checkpoint(model))
-    calibration = calibration or CalibrationConfig()
-    if calibration_ids is None and SELF_SOURCE in calibration.source.split("+"):
-        raise ValueError(f"--calib-source {calibration.source!r} samples text from the whole model, which a streamed "
+    settings = calibration or CalibrationConfig()  # `calibration` itself stays None when not given (see the plan)
+    if calibration_ids is None and SELF_SOURCE in settings.source.split("+"):
+        raise ValueError(f"--calib-source {settings.source!r} samples text from the whole model, which a streamed "
                          "run never holds; use --in-memory, or a text source.")
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     save_dtype = getattr(torch, save_dtype) if isinstance(save_dtype, str) else (save_dtype or dtype)
     check_output_dir(out_dir, overwrite, inputs=(folder,))
     method_config(method, **method_kwargs)  # bad options fail before the weights are touched
-    source = load_streamed_model(folder, dtype, calibration.device or "cpu", resident_layers)
+    source = load_streamed_model(folder, dtype, settings.device or "cpu", resident_layers)
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     with staged_output(out_dir, overwrite, inputs=(folder,)) as staging:

@@ -75,11 +75,13 @@ class CheckpointReader:
         return out
 
 
-def _check_finite(state: dict[str, torch.Tensor], where: str) -> None:
-    bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+def _check_finite(state: dict[str, torch.Tensor], where: str, prefix: str = "") -> None:
+    """Refuse NaN/inf weights as `checks.check_finite` does, for tensors read straight from the shards."""
+    bad = [prefix + name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
-        raise ValueError(f"{where} has NaN or infinite weights ({bad[0]}); compressing it would give a meaningless "
-                         "model. Fix or re-download the checkpoint.")
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ValueError(f"{where} has NaN or infinite weights ({bad[0]}{more}); it cannot be compressed. Check the "
+                         "checkpoint (a failed download or a diverged training run).")
 
 
 class StreamedLayers(nn.Module):
@@ -110,7 +112,7 @@ class StreamedLayers(nn.Module):
         """Layer `idx`'s tensors as the checkpoint stores them, keyed relative to the layer."""
         prefix = f"{LAYER_PREFIX}{idx}."
         state = self.reader.read(self.reader.names(prefix), self.dtype, strip=prefix)
-        _check_finite(state, f"Layer {idx} of {self.reader.folder}")
+        _check_finite(state, f"{self.reader.folder}", prefix)
         return state
 
     def __getitem__(self, idx: int) -> nn.Module:

@@ -507,6 +507,8 @@ def test_nan_weights_are_refused_by_compress_and_flagged_on_load(checkpoint, tmp
     tokenizer.save_pretrained(tmp_path / "nan")
     code = main(["compress", str(tmp_path / "nan"), "--num-layers", "1", "--out", str(tmp_path / "out"), *CALIB])
     one_line_error(capsys, code, "NaN or infinite weights (model.layers.1.mlp.down_proj.weight)")
+    assert not (tmp_path / "out").exists()
+    load_model(str(tmp_path / "nan"))
     assert "NaN or infinite weights" in caplog.text  # what eval / ppl users see when they load it
 
 
