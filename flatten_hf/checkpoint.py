@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from .adapters import adapter_for, is_flattened
 from .assets import ASSET_HUB_IDS, ASSETS, DEFAULT_MODEL_ASSET, require_asset
-from .checks import non_finite_parameters
+from .checks import AUTO_DEVICE, non_finite_parameters
 from .plan import MergePlan
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,11 @@ def check_stock_can_hold(config, plan: MergePlan) -> None:
 
 def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
                device: str | None = None) -> tuple[PreTrainedModel, object]:
-    """Load a causal LM and its tokenizer (default: the embedded SmolLM2-135M)."""
+    """Load a causal LM and its tokenizer (default: the embedded SmolLM2-135M).
+
+    `device="auto"` loads with accelerate's `device_map="auto"`: the layers spread over the visible
+    GPUs and then the CPU, for evaluating a model that fits on no single device.
+    """
     path = resolve_model_path(model)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
@@ -91,7 +95,8 @@ def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
         config = AutoConfig.from_pretrained(path)
         if getattr(config, "flatten", None):
             check_stock_can_hold(config, MergePlan.from_config(config))  # before the weights are read
-        lm = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+        placement = {"device_map": "auto"} if device == AUTO_DEVICE else {}
+        lm = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, **placement)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, SafetensorError) as e:  # missing, truncated or empty files; no network
         raise ValueError(f"cannot load {path}: {str(e).strip().splitlines()[0]}") from e
@@ -99,7 +104,7 @@ def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
     if bad:
         logger.warning("%s has NaN or infinite weights in %d tensors (first: %s): its outputs are meaningless",
                        path, len(bad), bad[0])
-    if device:
+    if device and device != AUTO_DEVICE:
         lm.to(device)
     return lm.eval(), tokenizer
 

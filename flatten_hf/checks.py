@@ -68,14 +68,18 @@ def check_positions(seq_len: int, config: Any, name: str = "--seq-len") -> None:
         raise ValueError(f"{name} {seq_len} exceeds the model's max_position_embeddings {positions}.")
 
 
-def check_device(device: str | None) -> None:
-    """Refuse a device torch cannot use here, naming what to pass instead."""
-    if device is None:
+AUTO_DEVICE = "auto"  # accelerate's device_map="auto": the model spread over the GPUs and the CPU
+
+
+def check_device(device: str | None, allow_auto: bool = False) -> None:
+    """Refuse a device torch cannot use here, naming what to pass instead (`auto` where `allow_auto`)."""
+    if device is None or (allow_auto and device == AUTO_DEVICE):
         return
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N.") from None
+        auto = ", or auto (spread over the GPUs and the CPU)" if allow_auto else ""
+        raise ValueError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N{auto}.") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "

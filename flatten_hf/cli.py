@@ -85,10 +85,12 @@ def _add_save_dtype_arg(p: argparse.ArgumentParser) -> None:
                         "twice its size unless saved with --save-dtype bfloat16")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, auto: bool = False) -> None:
     p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="dtype to load the model in (default float32; statistics are always float32/64)")
-    p.add_argument("--device", default=None, help="torch device, e.g. cuda or cpu (default: cpu)")
+    spread = "; auto: spread the model over the GPUs and the CPU (accelerate's device_map='auto'), for a " \
+             "model that fits on no single device" if auto else ""
+    p.add_argument("--device", default=None, help=f"torch device, e.g. cuda or cpu (default: cpu){spread}")
 
 
 def _add_method_option_groups(p: argparse.ArgumentParser) -> None:
@@ -222,7 +224,7 @@ def _ppl_parser(sub: argparse._SubParsersAction) -> None:
     ppl.add_argument("--seq-len", type=POSITIVE_INT, default=512, help="window length in tokens (default 512)")
     ppl.add_argument("--max-windows", type=POSITIVE_INT, default=None, help="score only the first N windows (quick runs)")
     ppl.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="windows per forward call (default 4)")
-    _add_model_args(ppl)
+    _add_model_args(ppl, auto=True)
 
 
 def _info_parser(sub: argparse._SubParsersAction) -> None:
@@ -279,7 +281,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
                     help="keep lm-eval's request cache in DIR (one sqlite file per checkpoint and dtype), so an "
                          "interrupted zero-shot run resumes where it stopped; the full five tasks take hours on "
                          "a CPU")
-    _add_model_args(ev)
+    _add_model_args(ev, auto=True)
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -301,7 +303,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--batches", type=positive_int_list, default=(1, 16), help="decode batch sizes (default 1,16)")
     bench.add_argument("--new-tokens", type=POSITIVE_INT, default=128, help="tokens generated per decode run (default 128)")
     bench.add_argument("--json", default=None, help="also write the results to this JSON file (input of `report`)")
-    _add_model_args(bench)
+    _add_model_args(bench, auto=True)
 
 
 def _report_parser(sub: argparse._SubParsersAction) -> None:
@@ -501,7 +503,7 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
     from .data import check_text_source, evaluation_ids
     from .perplexity import perplexity
 
-    check_device(args.device)
+    check_device(args.device, allow_auto=True)
     check_text_source(args.source)
     rows = []
     for name in args.models:
@@ -583,7 +585,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     tasks = TASKS if args.tasks is None else tuple(t for t in args.tasks.split(",") if t and t != "none")
     ppl = args.ppl or args.tasks is None or not tasks
-    check_device(args.device)  # and everything else that needs no model, before the first one loads
+    check_device(args.device, allow_auto=True)  # and everything else that needs no model, before the first one loads
     check_tasks(tasks, args.task_source)
     if ppl:
         for source in {args.source, args.other_source} - {"none"}:
@@ -617,7 +619,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import benchmark, speed_table
 
-    check_device(args.device)
+    check_device(args.device, allow_auto=True)
     results = benchmark(args.models, rounds=args.rounds, repeats=args.repeats, device=args.device,
                         dtype=args.dtype, seq_lens=args.seq_lens, batches=args.batches, new_tokens=args.new_tokens)
     settings = {"device": results[0].device, "threads": results[0].threads, "dtype": args.dtype,

@@ -62,7 +62,11 @@ def test_ridge_leverage_scores_match_explicit_formula():
     c = z.T @ z
     lam = ridge_lambda(c, 10.0)
     expected = torch.diagonal(c @ torch.linalg.inv(c + lam * torch.eye(c.shape[0], dtype=F64)))
+    before = c.clone()
     torch.testing.assert_close(ridge_leverage_scores(c, lam), expected)
+    torch.testing.assert_close(ridge_leverage_scores(c, lam, block=2), expected)  # panels that do not divide n
+    torch.testing.assert_close(ridge_leverage_scores(c.float(), lam), expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(c, before)  # shifted in place for the factorisation, restored exactly
     assert ridge_lambda(c, 10.0) == pytest.approx(10 * torch.linalg.eigvalsh(c).mean().item())
 
 

@@ -155,3 +155,15 @@ def test_shard_writer_respects_the_size_and_names_shards_like_transformers(tmp_p
     one.add("x", torch.ones(3))
     assert [p.name for p in one.close()] == ["model.safetensors"]
     assert not (tmp_path / "one" / "model.safetensors.index.json").exists()
+
+
+def test_device_auto_loads_with_accelerate_device_map(tmp_path, tokenizer, capsys):
+    """`eval`, `bench` and `ppl --device auto`: accelerate places the layers (here all on the CPU), same logits."""
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path / "dense")
+    tokenizer.save_pretrained(tmp_path / "dense")
+    spread, _ = flatten_hf.load_model(str(tmp_path / "dense"), device="auto")  # one device here: no hf_device_map
+    x = torch.tensor([[5, 6, 7, 8]])
+    assert torch.equal(spread(x).logits, model(x).logits)
+    assert main(["ppl", str(tmp_path / "dense"), "--device", "auto", "--max-windows", "1", "--seq-len", "32"]) == 0
+    assert "perplexity" in capsys.readouterr().out

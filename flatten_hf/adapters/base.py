@@ -140,9 +140,11 @@ def loaded_decoder_layer(config, layer_idx: int, state: LayerState, num_heads: i
                          intermediate_size: int, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
     """A candidate layer that a method can run on its calibration activations: the Flattened layer
     class of the given widths (which holds any state, heads from one layer or several) with `state`
-    loaded, on `device` in `dtype`, in eval mode."""
-    layer = new_decoder_layer(config, layer_idx, num_heads, num_kv_heads, intermediate_size, flattened=True)
-    layer.load_state_dict(per_head_rows(state, adapter_for(config).roles))
+    loaded, on `device` in `dtype`, in eval mode. It holds `state`'s own tensors where their device
+    and dtype already fit: callers replace a state's entries, never write into them."""
+    with torch.device("meta"):  # no random init, and the layer shares `state`'s tensors instead of copying them
+        layer = new_decoder_layer(config, layer_idx, num_heads, num_kv_heads, intermediate_size, flattened=True)
+    layer.load_state_dict(per_head_rows(state, adapter_for(config).roles), assign=True)
     return layer.to(device, dtype).eval()
 
 

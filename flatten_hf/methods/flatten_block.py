@@ -30,10 +30,11 @@ def _out(result) -> torch.Tensor:
     return result[0] if isinstance(result, tuple) else result
 
 
-def _add_gram(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """total + a^T b: the per-batch product in float32, the running sum over batches in float64."""
-    product = (a.T @ b).double()
-    return product if total is None else total + product
+def _add_gram(total: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """total + a^T b: the per-batch product in float32, the running sum over batches in `dtype`
+    (float64 by default; float32 halves the memory of a wide MLP's Gram matrix), in place."""
+    product = (a.T @ b).to(dtype)
+    return product if total is None else total.add_(product)
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,7 @@ class GroupFlattener:
         self.members = [model.model.layers[i] for i in group]
         self.layer_type = layer_type_of(self.cfg, group[0])
         self.head_dim = head_dim_of(self.cfg)
+        self.gram_dtype = getattr(torch, config.gram_dtype)
         # Members may differ in width (an input compressed with per-layer widths); the wide block is their sum.
         sizes = [layer_sizes(self.cfg, i) for i in group]
         self.n_rep = sizes[0][0] // sizes[0][1]
@@ -134,7 +136,7 @@ class GroupFlattener:
             with capture(self.attention_output, "input") as z:
                 self.attention(self.attention_norm(x), **kw)
             z = _tokens(z[0])
-            gram, cross = _add_gram(gram, z, z), _add_gram(cross, z, t)
+            gram, cross = _add_gram(gram, z, z, self.gram_dtype), _add_gram(cross, z, t, self.gram_dtype)
             tsq += (t.double() ** 2).sum().item()
         return targets, gram, cross, tsq
 
@@ -149,7 +151,7 @@ class GroupFlattener:
             x1 = x + _out(attn(attn_norm(x), **self._kwargs(kwargs)))
             psi = self._mlp_hidden(self.mlp_norm(x1))
             t = _tokens(y - x1) - b_d
-            gram, cross = _add_gram(gram, psi, psi), _add_gram(cross, psi, t)
+            gram, cross = _add_gram(gram, psi, psi, self.gram_dtype), _add_gram(cross, psi, t, self.gram_dtype)
         return gram, cross
 
     def _mlp_hidden(self, u: torch.Tensor) -> torch.Tensor:

@@ -13,12 +13,31 @@ import torch
 from .compensation import stable_cholesky
 
 
-def ridge_leverage_scores(gram: torch.Tensor, lam: float) -> torch.Tensor:
-    """diag(C (C + lam I)^-1), solved with a Cholesky factorisation of C + lam I (C is symmetric PSD)."""
-    c = gram.double()
-    factor, _ = stable_cholesky(c + lam * torch.eye(c.shape[0], dtype=torch.float64, device=c.device))
-    # (C + lam I)^-1 C is X with (C + lam I) X = C; diag(C (C + lam I)^-1) = diag(X^T) = diag(X).
-    return torch.diagonal(torch.cholesky_solve(c, factor)).clone()
+def ridge_leverage_scores(gram: torch.Tensor, lam: float, block: int = 1024) -> torch.Tensor:
+    """diag(C (C + lam I)^-1) for the symmetric PSD C, in float64.
+
+    It equals 1 - lam diag(A^-1) with A = C + lam I = L L^T, and diag(A^-1)_i is the squared norm of
+    column i of L^-1. L^-1 is lower triangular, so its columns from j on are found by solving with the
+    trailing block of L only: a third of the flops of solving A X = C, and besides the factor only an
+    n x `block` panel is allocated. That matters for a wide MLP: a Llama-3-8B group of two layers has
+    28672 channels, and each n x n matrix of it is 6.6 GB in float64 (3.3 GB in float32). C is shifted
+    by lam in place for the factorisation and restored exactly, instead of being copied.
+    """
+    n = gram.shape[0]
+    diagonal = gram.diagonal().clone()
+    gram.diagonal().add_(lam)
+    try:
+        factor, jitter = stable_cholesky(gram)
+    finally:
+        gram.diagonal().copy_(diagonal)
+    inverse_diagonal = torch.empty(n, dtype=torch.float64, device=gram.device)
+    for start in range(0, n, block):
+        end = min(start + block, n)
+        unit = torch.zeros(n - start, end - start, dtype=factor.dtype, device=factor.device)
+        unit.diagonal().fill_(1)
+        columns = torch.linalg.solve_triangular(factor[start:, start:], unit, upper=False)
+        inverse_diagonal[start:end] = columns.double().pow(2).sum(0)
+    return 1 - (lam + jitter) * inverse_diagonal  # a jitter is more ridge: C (C + (lam + jitter) I)^-1
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -39,7 +39,8 @@ def stable_cholesky(a: torch.Tensor) -> tuple[torch.Tensor, float]:
 
 def least_squares_refit(gram_ss: torch.Tensor, cross_s: torch.Tensor, w_s: torch.Tensor, lam: float) -> torch.Tensor:
     """Solve (gram_ss + lam I) W = cross_s + lam w_s for W (float64 Cholesky), shaped like `w_s`."""
-    a = gram_ss.double() + lam * torch.eye(gram_ss.shape[0], dtype=torch.float64, device=gram_ss.device)
+    a = gram_ss.to(torch.float64, copy=True)  # shifted in place: one |S| x |S| copy, not three
+    a.diagonal().add_(lam)
     b = cross_s.double() + lam * w_s.double()
     factor, eps = stable_cholesky(a)
     # The jitter is a little more ridge toward w_s, on both sides so that it stays a ridge toward w_s: a
