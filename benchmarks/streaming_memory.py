@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -103,6 +104,7 @@ def measure(model: str, method: str, ratio: float, out: Path, args: argparse.Nam
            "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--no-card"]
     if in_memory:
         cmd.append("--in-memory")
+    cmd += shlex.split(args.compress_args)
     start = time.perf_counter()
     code, stderr, rss = _popen_rss(cmd)
     wall = time.perf_counter() - start
@@ -145,6 +147,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--dtype", default="float32", help="compute dtype (compress --dtype)")
+    p.add_argument("--compress-args", default="", help="more `compress` flags, e.g. '--gram-dtype float32'")
     p.add_argument("--work", default=None, help="where checkpoints are written (default: a temporary folder)")
     p.add_argument("--json", default=None, help="also append the rows to this JSON-lines file")
     args = p.parse_args()
@@ -175,6 +178,7 @@ def main() -> None:
             result = measure(folder, method, args.ratio, out, args, in_memory)
             row = {"checkpoint": label, "layers": layers, "disk_gib": disk, "method": method,
                    "path": "in memory" if in_memory else "streamed", "ratio": args.ratio, "dtype": args.dtype,
+                   "compress_args": args.compress_args,
                    "calibration": f"{args.calib_samples}x{args.seq_len}", **result}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "groups"}), file=sys.stderr, flush=True)

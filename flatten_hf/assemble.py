@@ -24,7 +24,7 @@ from .ops.folding import fold_norms
 from .ops.layer_weights import LayerState, concat, per_head_rows, select, shared_per_head
 from .plan import MergePlan, SourceSlice
 from .shard_writer import ShardWriter
-from .streaming import SpilledLayerStates, new_layer_states
+from .streaming import SpilledLayerStates, new_layer_states, peak_rss_bytes
 
 _NOT_INHERITED = ("model_type", "architectures", "auto_map", "transformers_version", "flatten", *PER_LAYER_FIELDS)
 
@@ -133,10 +133,12 @@ def write_checkpoint(folder: Path, base_model: PreTrainedModel, config, layer_st
 
     for name in [k for k in outside if k.startswith("model.embed_tokens.")]:
         add(name, outside.pop(name))
-    for i, state in enumerate(tqdm(layer_states, desc="writing layers", unit="layer")):
+    bar = tqdm(layer_states, desc="writing layers", unit="layer")
+    for i, state in enumerate(bar):
         for name, tensor in layout(state, adapter.roles).items():
             add(f"model.layers.{i}.{name}", tensor)
         writer.boundary()
+        bar.set_postfix(peak_rss=f"{peak_rss_bytes() / 2**30:.2f}GiB")
     for name, tensor in outside.items():
         add(name, tensor)
     if written != expected:

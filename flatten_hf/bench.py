@@ -106,12 +106,13 @@ def folder_bytes(path: str | Path) -> int | None:
 
 @torch.no_grad()
 def measure_speed(model_name: str, repeats: int = 5, device: str | None = None, dtype: str = "float32",
+                  quantize: str | None = None,
                   seq_lens: tuple[int, ...] = PREFILL_SEQ_LENS, batches: tuple[int, ...] = DECODE_BATCHES,
                   new_tokens: int = NEW_TOKENS) -> SpeedResult:
     """Measure one model in this process (see `benchmark` for the isolated, several-model version)."""
     from .checkpoint import load_model, resolve_model_path
 
-    model, _ = load_model(model_name, dtype, device)
+    model, _ = load_model(model_name, dtype, device, quantize)
     dev = next(model.parameters()).device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)

@@ -26,6 +26,7 @@ from .adapters import adapter_for, is_flattened
 from .assets import ASSET_HUB_IDS, ASSETS, DEFAULT_MODEL_ASSET, require_asset
 from .checks import AUTO_DEVICE, non_finite_parameters
 from .plan import MergePlan
+from .quantization import is_quantized_checkpoint, load_quantized, quantize_weights
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +81,14 @@ def check_stock_can_hold(config, plan: MergePlan) -> None:
                          "needs the Flattened classes or a corrected plan.")
 
 
-def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
-               device: str | None = None) -> tuple[PreTrainedModel, object]:
+def load_model(model: str | None = None, dtype: str | torch.dtype = "float32", device: str | None = None,
+               quantize: str | None = None) -> tuple[PreTrainedModel, object]:
     """Load a causal LM and its tokenizer (default: the embedded SmolLM2-135M).
 
     `device="auto"` loads with accelerate's `device_map="auto"`: the layers spread over the visible
-    GPUs and then the CPU, for evaluating a model that fits on no single device.
+    GPUs and then the CPU, for evaluating a model that fits on no single device. `quantize` ('int8',
+    'int4') quantizes the linear weights after loading (`flatten_hf.quantization`); a checkpoint saved
+    by `flatten-hf quantize` loads quantized as it is.
     """
     path = resolve_model_path(model)
     if isinstance(dtype, str):
@@ -96,7 +99,10 @@ def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
         if getattr(config, "flatten", None):
             check_stock_can_hold(config, MergePlan.from_config(config))  # before the weights are read
         placement = {"device_map": "auto"} if device == AUTO_DEVICE else {}
-        lm = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, **placement)
+        if is_quantized_checkpoint(path):
+            lm = load_quantized(path)
+        else:
+            lm = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, **placement)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, SafetensorError) as e:  # missing, truncated or empty files; no network
         raise ValueError(f"cannot load {path}: {str(e).strip().splitlines()[0]}") from e
@@ -106,6 +112,8 @@ def load_model(model: str | None = None, dtype: str | torch.dtype = "float32",
                        path, len(bad), bad[0])
     if device and device != AUTO_DEVICE:
         lm.to(device)
+    if quantize:
+        quantize_weights(lm, quantize)
     return lm.eval(), tokenizer
 
 
@@ -116,7 +124,7 @@ _OWN_SIBLING = re.compile(r"^\.(?P<out>.+)\.flatten-hf-(?P<kind>staging|previous
 _CHECKPOINT_FILES = re.compile(
     r"^(config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|"
     r"tokenizer(_config)?\.json|tokenizer\.model|special_tokens_map\.json|added_tokens\.json|vocab\.json|"
-    r"merges\.txt|chat_template\.jinja|README\.md|eval_results\.json|configuration_flatten\.py|"
+    r"merges\.txt|chat_template\.jinja|README\.md|eval_results\.json|configuration_flatten\.py|quanto_qmap\.json|"
     r"modeling_flatten\.py|\.gitattributes)$")
 
 

@@ -85,6 +85,14 @@ def _add_save_dtype_arg(p: argparse.ArgumentParser) -> None:
                         "twice its size unless saved with --save-dtype bfloat16")
 
 
+def _add_quantize_arg(p: argparse.ArgumentParser) -> None:
+    from .quantization import WEIGHT_TYPES
+
+    p.add_argument("--quantize", default=None, choices=WEIGHT_TYPES,
+                   help="quantize the linear weights after loading (optimum-quanto, weight-only; the LM head stays): "
+                        "int8 per output channel, int4 in groups of 128")
+
+
 def _add_model_args(p: argparse.ArgumentParser, auto: bool = False) -> None:
     p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="dtype to load the model in (default float32; statistics are always float32/64)")
@@ -225,6 +233,7 @@ def _ppl_parser(sub: argparse._SubParsersAction) -> None:
     ppl.add_argument("--max-windows", type=POSITIVE_INT, default=None, help="score only the first N windows (quick runs)")
     ppl.add_argument("--batch-size", type=POSITIVE_INT, default=4, help="windows per forward call (default 4)")
     _add_model_args(ppl, auto=True)
+    _add_quantize_arg(ppl)
 
 
 def _info_parser(sub: argparse._SubParsersAction) -> None:
@@ -282,6 +291,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
                          "interrupted zero-shot run resumes where it stopped; the full five tasks take hours on "
                          "a CPU")
     _add_model_args(ev, auto=True)
+    _add_quantize_arg(ev)
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -304,6 +314,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--new-tokens", type=POSITIVE_INT, default=128, help="tokens generated per decode run (default 128)")
     bench.add_argument("--json", default=None, help="also write the results to this JSON file (input of `report`)")
     _add_model_args(bench, auto=True)
+    _add_quantize_arg(bench)
 
 
 def _report_parser(sub: argparse._SubParsersAction) -> None:
@@ -338,8 +349,28 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # One function per command, in the order `--help` lists them.
+def _quantize_parser(sub: argparse._SubParsersAction) -> None:
+    from .quantization import WEIGHT_TYPES
+
+    q = sub.add_parser(
+        "quantize", help="save a (compressed) model with quantized weights",
+        description="Quantize the linear weights of MODEL with optimum-quanto (weight-only: int8 per output channel, "
+                    "int4 in groups of 128; activations stay float) and save it with quanto's "
+                    "QuantizedModelForCausalLM (weights plus quanto_qmap.json). `ppl`, `eval` and `bench` load the "
+                    "result as it is; in Python, optimum.quanto.QuantizedModelForCausalLM.from_pretrained(OUT). "
+                    "Needs the quantize extra: pip install 'flatten-hf[quantize]'.")
+    q.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    q.add_argument("--weights", default="int8", choices=WEIGHT_TYPES, help="weight type (default int8)")
+    q.add_argument("--quantize-lm-head", action="store_true",
+                   help="quantize the LM head too (by default it keeps the model's dtype; with tied embeddings "
+                        "quantizing it unties them)")
+    q.add_argument("--out", required=True, help="output directory (written atomically)")
+    q.add_argument("--overwrite", action="store_true", help="replace a previous checkpoint in --out")
+    _add_model_args(q)
+
+
 _SUBPARSERS = (_assets_parser, _compress_parser, _recover_parser, _ppl_parser, _info_parser, _card_parser,
-               _eval_parser, _bench_parser, _report_parser, _push_parser)
+               _eval_parser, _bench_parser, _quantize_parser, _report_parser, _push_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -507,7 +538,7 @@ def _cmd_ppl(args: argparse.Namespace) -> int:
     check_text_source(args.source)
     rows = []
     for name in args.models:
-        model, tokenizer = load_model(name, args.dtype, args.device)
+        model, tokenizer = load_model(name, args.dtype, args.device, args.quantize)
         ids = evaluation_ids(tokenizer, args.source)
         value = perplexity(model, ids, args.seq_len, args.batch_size, args.max_windows)
         rows.append((name or "smollm2-135m", model.config.num_hidden_layers, _params(model), value))
@@ -593,7 +624,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     results = []
     for name in args.models:
         cache = request_cache_prefix(args.cache, resolve_model_path(name), args.dtype) if args.cache else None
-        model, tokenizer = load_model(name, args.dtype, args.device)
+        model, tokenizer = load_model(name, args.dtype, args.device, args.quantize)
         results.append(evaluate(model, tokenizer, name=name or "smollm2-135m", ppl=ppl, tasks=tasks, limit=args.limit,
                                 seq_len=args.seq_len, source=args.source, batch_size=args.batch_size,
                                 task_source=args.task_source, max_windows=args.max_windows, cache=cache,
@@ -620,14 +651,37 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import benchmark, speed_table
 
     check_device(args.device, allow_auto=True)
+    if args.quantize:
+        from .quantization import require_quanto
+
+        require_quanto()
     results = benchmark(args.models, rounds=args.rounds, repeats=args.repeats, device=args.device,
-                        dtype=args.dtype, seq_lens=args.seq_lens, batches=args.batches, new_tokens=args.new_tokens)
+                        dtype=args.dtype, quantize=args.quantize, seq_lens=args.seq_lens, batches=args.batches,
+                        new_tokens=args.new_tokens)
     settings = {"device": results[0].device, "threads": results[0].threads, "dtype": args.dtype,
+                **({"quantize": args.quantize} if args.quantize else {}),
                 "repeats": args.repeats, "rounds": args.rounds, "torch": torch.__version__}
     print(", ".join(f"{k}: {v}" for k, v in settings.items()))
     print(speed_table(results))
     if args.json:
         _write_json(args.json, {"settings": settings, "models": [r.to_dict() for r in results]})
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .checkpoint import check_output_dir, finish_checkpoint, load_model, resolve_model_path, staged_output
+    from .quantization import require_quanto, save_quantized
+
+    require_quanto()
+    path = resolve_model_path(args.model)
+    check_output_dir(args.out, args.overwrite, inputs=(path,))
+    check_device(args.device)
+    model, tokenizer = load_model(path, args.dtype, args.device)
+    with staged_output(args.out, args.overwrite, inputs=(path,)) as staging:
+        save_quantized(model, staging, args.weights, keep_lm_head=not args.quantize_lm_head)
+        finish_checkpoint(staging, model.config, tokenizer)
+    size = sum(f.stat().st_size for f in Path(args.out).glob("*.safetensors"))
+    print(f"{args.weights} weights of {path}: {size / 2**20:.1f} MiB of safetensors; saved to {Path(args.out).resolve()}")
     return 0
 
 
@@ -646,9 +700,10 @@ def _write_json(path: str, data: dict) -> None:
 
 
 # The optional packages and the extra that installs each (setup.cfg's extras_require).
-_EXTRA_OF = {"peft": "recover", "lm_eval": "eval", "matplotlib": "eval"}
+_EXTRA_OF = {"peft": "recover", "lm_eval": "eval", "matplotlib": "eval", "optimum": "quantize"}
 COMMANDS = {"assets": _cmd_assets, "compress": _cmd_compress, "recover": _cmd_recover, "ppl": _cmd_ppl, "info": _cmd_info,
-            "eval": _cmd_eval, "bench": _cmd_bench, "report": _cmd_report, "card": _cmd_card, "push": _cmd_push}
+            "eval": _cmd_eval, "bench": _cmd_bench, "quantize": _cmd_quantize, "report": _cmd_report, "card": _cmd_card,
+            "push": _cmd_push}
 
 
 class Terminated(BaseException):

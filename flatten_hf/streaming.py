@@ -130,6 +130,8 @@ class StreamedLayers(nn.Module):
         layer.load_state_dict(self.layer_state(idx), assign=True)
         layer = layer.to(self.device).eval()
         self.reads += 1
+        logger.debug("read layer %d (%d reads); peak resident memory %.2f GiB", idx, self.reads,
+                     peak_rss_bytes() / 2**30)
         self._cache[idx] = layer
         while len(self._cache) > self.resident:
             self._cache.popitem(last=False)
