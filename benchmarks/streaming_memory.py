@@ -118,15 +118,16 @@ def measure(model: str, method: str, ratio: float, out: Path, args: argparse.Nam
 
 
 def table(rows: list[dict]) -> str:
-    head = ["checkpoint", "layers", "on disk (GiB)", "method", "path", "peak RSS (GiB)", "wall (s)", "s / layer"]
+    head = ["checkpoint", "layers", "on disk (GiB)", "method", "path", "largest group", "peak RSS (GiB)", "wall (s)",
+            "s / layer"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        cells = [r["checkpoint"], str(r["layers"]), f"{r['disk_gib']:.2f}", r["method"], r["path"]]
         if "error" in r:
-            cells = [r["checkpoint"], str(r["layers"]), f"{r['disk_gib']:.2f}", r["method"], r["path"],
-                     f"failed: {r['error'][:60]}", f"{r['wall_s']:.0f}", ""]
+            cells += ["", f"failed: {r['error'][:60]}", f"{r['wall_s']:.0f}", ""]
         else:
-            cells = [r["checkpoint"], str(r["layers"]), f"{r['disk_gib']:.2f}", r["method"], r["path"],
-                     f"{r['peak_rss_gib']:.2f}", f"{r['wall_s']:.1f}", f"{r['wall_s'] / r['layers']:.2f}"]
+            cells += [str(max(len(g) for g in r["groups"])), f"{r['peak_rss_gib']:.2f}", f"{r['wall_s']:.1f}",
+                      f"{r['wall_s'] / r['layers']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

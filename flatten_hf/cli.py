@@ -58,6 +58,9 @@ examples:
   flatten-hf info out/smollm2-flattengpt
   flatten-hf card out/smollm2-flattengpt --measure  # add measured quality and speed to the model card
   flatten-hf push out/smollm2-flattengpt your-name/SmolLM2-135M-flattengpt-24L
+  flatten-hf compress path/to/Llama-3-8B --method shortgpt --ratio 0.25 --out out/llama-24L  # streams its layers
+  flatten-hf quantize out/smollm2-flattengpt --weights int8 --out out/smollm2-flattengpt-int8
+  flatten-hf ppl out/smollm2-shortgpt --quantize int4  # quantized in memory
 """
 
 MODEL_HELP = ("an offline asset name (smollm2-135m [default], qwen2.5-coder-0.5b), a local checkpoint "

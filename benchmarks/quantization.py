@@ -1,0 +1,75 @@
+"""Depth compression composed with weight quantization (optimum-quanto): perplexity and size; prints a Markdown table.
+
+For each model: float32, int8 and int4 weights (the LM head kept in float32, flatten-hf's default),
+and int4 with the LM head quantized too (what quanto does when asked for every linear layer). Perplexity
+on the evaluation part of the Wikipedia text (never used for calibration) and on LAMBADA passages (another
+domain), 512-token windows; size is the safetensors weights `flatten-hf quantize` writes.
+
+    python benchmarks/quantization.py smollm2-135m out/smollm2-shortgpt out/smollm2-flattengpt --windows 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from flatten_hf.checkpoint import load_model
+from flatten_hf.data import evaluation_ids
+from flatten_hf.perplexity import perplexity
+from flatten_hf.quantization import save_quantized
+
+VARIANTS = (("float32", None, True), ("int8", "int8", True), ("int4", "int4", True),
+            ("int4, LM head too", "int4", False))
+SOURCES = ("wikipedia", "lambada")
+
+
+def measure(name: str, windows: int) -> list[dict]:
+    rows = []
+    for label, weights, keep_lm_head in VARIANTS:
+        model, tokenizer = load_model(name)
+        with tempfile.TemporaryDirectory() as folder:
+            if weights:
+                save_quantized(model, folder, weights, keep_lm_head)  # quantizes `model` in place
+            else:
+                model.save_pretrained(folder)
+            size = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+        row = {"model": name, "weights": label, "layers": model.config.num_hidden_layers, "size_mib": size / 2**20}
+        for source in SOURCES:
+            with torch.no_grad():
+                row[source] = perplexity(model, evaluation_ids(tokenizer, source), 512, batch_size=1,
+                                         max_windows=windows)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    base = {(r["model"]): r for r in rows if r["weights"] == "float32"}
+    lines = ["| model | layers | weights | size (MiB) | Wikipedia ppl | LAMBADA ppl | x float32 (Wikipedia) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = r["wikipedia"] / base[r["model"]]["wikipedia"]
+        lines.append(f"| {Path(r['model']).name} | {r['layers']} | {r['weights']} | {r['size_mib']:.0f} | "
+                     f"{r['wikipedia']:.2f} | {r['lambada']:.2f} | {ratio:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", help="checkpoints or asset names")
+    p.add_argument("--windows", type=int, default=32, help="512-token windows per text (default 32)")
+    p.add_argument("--json", default=None, help="also append the rows to this JSON-lines file")
+    args = p.parse_args()
+    rows = [row for name in args.models for row in measure(name, args.windows)]
+    if args.json:
+        with open(args.json, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
