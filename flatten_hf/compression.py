@@ -230,7 +230,7 @@ def compress_checkpoint(
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     with staged_output(out_dir, overwrite, inputs=(folder,)) as staging:
-        source.model.layers.scratch = staging / ".scratch"
+        source.model.layers.spill_to(staging / ".scratch", save_dtype)
         _, plan, layer_states, recorded = _plan_and_layers(source, method, tokenizer, calibration, calibration_ids,
                                                            base_model or str(model), method_kwargs)
         config = compressed_config(source.config, plan, stock_if_uniform, recorded)

@@ -100,7 +100,13 @@ class StreamedLayers(nn.Module):
         self._cache: OrderedDict[int, nn.Module] = OrderedDict()
         self.reads = 0  # layers read from disk so far (the cache's misses)
         self.scratch: Path | None = None  # where finished layers are spilled (see `new_layer_states`)
+        self.spill_dtype: torch.dtype | None = None
         self._spills = 0
+
+    def spill_to(self, folder: Path, dtype: torch.dtype | None = None) -> None:
+        """Spill the layers methods finish into `folder`, cast to `dtype` (the checkpoint's, so that
+        a float32 run saved in bfloat16 writes half the scratch bytes; default: as computed)."""
+        self.scratch, self.spill_dtype = folder, dtype
 
     def __len__(self) -> int:
         return self.config.num_hidden_layers
@@ -186,13 +192,14 @@ class SpilledLayerStates:
     A list's `append`, `len` and one-by-one iteration, with nothing held in memory.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, dtype: torch.dtype | None = None) -> None:
+        self.folder, self.dtype = folder, dtype
         folder.mkdir(parents=True, exist_ok=True)
         self._count = 0
 
     def append(self, state: LayerState) -> None:
-        save_file({k: v.contiguous() for k, v in state.items()}, self.folder / f"layer-{self._count:05d}.safetensors")
+        cast = {k: (v.to(self.dtype) if self.dtype and v.is_floating_point() else v).contiguous() for k, v in state.items()}
+        save_file(cast, self.folder / f"layer-{self._count:05d}.safetensors")
         self._count += 1
 
     def __len__(self) -> int:
@@ -214,7 +221,7 @@ def new_layer_states(model: PreTrainedModel) -> list[LayerState] | SpilledLayerS
     if not isinstance(layers, StreamedLayers):
         return []
     if layers.scratch is None:
-        raise RuntimeError("A streamed model needs a scratch folder (layers.scratch) for its finished layers; "
+        raise RuntimeError("A streamed model needs a scratch folder for its finished layers (layers.spill_to); "
                            "compress it with flatten_hf.compress_checkpoint.")
     layers._spills += 1
-    return SpilledLayerStates(layers.scratch / f"states-{layers._spills}")
+    return SpilledLayerStates(layers.scratch / f"states-{layers._spills}", layers.spill_dtype)

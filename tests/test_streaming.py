@@ -167,3 +167,17 @@ def test_device_auto_loads_with_accelerate_device_map(tmp_path, tokenizer, capsy
     assert torch.equal(spread(x).logits, model(x).logits)
     assert main(["ppl", str(tmp_path / "dense"), "--device", "auto", "--max-windows", "1", "--seq-len", "32"]) == 0
     assert "perplexity" in capsys.readouterr().out
+
+
+def test_save_dtype_matches_casting_the_in_memory_result(tmp_path, tokenizer):
+    """Computed in float32, saved in bfloat16: the spilled layers are cast once, as `.to(bfloat16)` would."""
+    model = tiny_model("qwen3")
+    model.save_pretrained(tmp_path / "dense")
+    in_memory = flatten_hf.compress(model, "flattengpt", calibration_ids=ids(), num_layers=1,
+                                    base_model=str(tmp_path / "dense"))
+    flatten_hf.save_compressed(in_memory.to(torch.bfloat16), tmp_path / "a", tokenizer)
+    flatten_hf.compress_checkpoint(tmp_path / "dense", "flattengpt", out_dir=tmp_path / "b", tokenizer=tokenizer,
+                                   calibration_ids=ids(), num_layers=1, save_dtype="bfloat16")
+    assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
+    with safe_open(tmp_path / "b" / "model.safetensors", "pt") as f:
+        assert f.get_tensor("model.layers.0.mlp.down_proj.weight").dtype == torch.bfloat16
