@@ -198,7 +198,8 @@ class SpilledLayerStates:
         self._count = 0
 
     def append(self, state: LayerState) -> None:
-        cast = {k: (v.to(self.dtype) if self.dtype and v.is_floating_point() else v).contiguous() for k, v in state.items()}
+        cast = {k: (v.to(self.dtype) if self.dtype and v.is_floating_point() else v).cpu().contiguous()
+                for k, v in state.items()}  # layers computed on a GPU are spilled from host memory
         save_file(cast, self.folder / f"layer-{self._count:05d}.safetensors")
         self._count += 1
 
