@@ -5,7 +5,8 @@ and int4 with the LM head quantized too (what quanto does when asked for every l
 on the evaluation part of the Wikipedia text (never used for calibration) and on LAMBADA passages (another
 domain), 512-token windows; size is the safetensors weights `flatten-hf quantize` writes.
 
-    python benchmarks/quantization.py smollm2-135m out/smollm2-shortgpt out/smollm2-flattengpt --windows 32
+    python benchmarks/quantization.py smollm2-135m --windows 8
+    python benchmarks/quantization.py out/smollm2-shortgpt out/smollm2-flattengpt --windows 8 --variants float32 int8 int4
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ VARIANTS = (("float32", None, True), ("int8", "int8", True), ("int4", "int4", Tr
 SOURCES = ("wikipedia", "lambada")
 
 
-def measure(name: str, windows: int) -> list[dict]:
+def measure(name: str, windows: int, variants: list[str], json_path: str | None = None) -> list[dict]:
     rows = []
     for label, weights, keep_lm_head in VARIANTS:
+        if label not in variants:
+            continue
         model, tokenizer = load_model(name)
         with tempfile.TemporaryDirectory() as folder:
             if weights:
@@ -44,11 +47,14 @@ def measure(name: str, windows: int) -> list[dict]:
                                          max_windows=windows)
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if json_path:
+            with open(json_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    base = {(r["model"]): r for r in rows if r["weights"] == "float32"}
+    base = {r["model"]: r for r in rows if r["weights"] == "float32"}
     lines = ["| model | layers | weights | size (MiB) | Wikipedia ppl | LAMBADA ppl | x float32 (Wikipedia) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -62,12 +68,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="checkpoints or asset names")
     p.add_argument("--windows", type=int, default=32, help="512-token windows per text (default 32)")
+    p.add_argument("--variants", nargs="+", default=[v[0] for v in VARIANTS], choices=[v[0] for v in VARIANTS],
+                   help="which weight variants to measure (default all)")
     p.add_argument("--json", default=None, help="also append the rows to this JSON-lines file")
     args = p.parse_args()
-    rows = [row for name in args.models for row in measure(name, args.windows)]
-    if args.json:
-        with open(args.json, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+    rows = [row for name in args.models for row in measure(name, args.windows, args.variants, args.json)]
     print(table(rows))
 
 
