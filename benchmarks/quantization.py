@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from flatten_hf.bench import folder_bytes
 from flatten_hf.checkpoint import load_model
 from flatten_hf.data import evaluation_ids
 from flatten_hf.perplexity import perplexity
@@ -39,7 +40,7 @@ def measure(name: str, windows: int, variants: list[str], json_path: str | None 
                 save_quantized(model, folder, weights, keep_lm_head)  # quantizes `model` in place
             else:
                 model.save_pretrained(folder)
-            size = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+            size = folder_bytes(folder)
         row = {"model": name, "weights": label, "layers": model.config.num_hidden_layers, "size_mib": size / 2**20}
         for source in SOURCES:
             with torch.no_grad():

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from flatten_hf.bench import folder_bytes
+
 PRESETS = {  # hidden, intermediate, heads, key/value heads, vocabulary
     "small": dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_key_value_heads=4,
                   vocab_size=49152),
@@ -86,7 +88,7 @@ def write_synthetic(folder: Path, preset: str, layers: int, dtype: torch.dtype, 
 
 
 def folder_gb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**30
+    return (folder_bytes(folder) or 0) / 2**30
 
 
 def _popen_rss(cmd: list[str]) -> tuple[int, str, float]:

@@ -26,7 +26,7 @@ from .adapters import adapter_for, is_flattened
 from .assets import ASSET_HUB_IDS, ASSETS, DEFAULT_MODEL_ASSET, require_asset
 from .checks import AUTO_DEVICE, non_finite_parameters
 from .plan import MergePlan
-from .quantization import is_quantized_checkpoint, load_quantized, quantize_weights
+from .quantization import QMAP_FILE, is_quantized_checkpoint, load_quantized, quantize_weights
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,9 @@ def load_model(model: str | None = None, dtype: str | torch.dtype = "float32", d
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     logger.info("Loading %s (%s)", path, dtype)
+    if quantize and is_quantized_checkpoint(path):
+        raise ValueError(f"{path} is already quantized (it has {QMAP_FILE}); load it without --quantize, or quantize "
+                         "the unquantized checkpoint.")
     try:
         config = AutoConfig.from_pretrained(path)
         if getattr(config, "flatten", None):

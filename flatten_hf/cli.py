@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import sys
 import textwrap
@@ -351,7 +350,6 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
     push.add_argument("--commit-message", default=None, help="commit message")
 
 
-# One function per command, in the order `--help` lists them.
 def _quantize_parser(sub: argparse._SubParsersAction) -> None:
     from .quantization import WEIGHT_TYPES
 
@@ -372,6 +370,7 @@ def _quantize_parser(sub: argparse._SubParsersAction) -> None:
     _add_model_args(q)
 
 
+# One function per command, in the order `--help` lists them.
 _SUBPARSERS = (_assets_parser, _compress_parser, _recover_parser, _ppl_parser, _info_parser, _card_parser,
                _eval_parser, _bench_parser, _quantize_parser, _report_parser, _push_parser)
 
@@ -414,7 +413,7 @@ def _cast_for_saving(model, save_dtype: str | None):
 def _cmd_compress(args: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
-    from .card import write_card
+    from .card import count_parameters, write_card
     from .checkpoint import base_model_id, check_output_dir, load_model, local_checkpoint, save_compressed
     from .compression import CalibrationConfig, compress, compress_checkpoint, method_config
     from .data import check_text_source
@@ -447,6 +446,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     card_writer = write_card if args.card else None
     if in_memory:
         model, tokenizer = load_model(path, args.dtype, args.device)
+        before = _params(model)
         compressed = compress(model, args.method, tokenizer=tokenizer, **common)
         out = save_compressed(_cast_for_saving(compressed, args.save_dtype), args.out, tokenizer,
                               overwrite=args.overwrite, card_writer=card_writer, max_shard_size=args.max_shard_size)
@@ -454,10 +454,11 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         out = compress_checkpoint(path, args.method, out_dir=args.out, dtype=args.dtype, save_dtype=args.save_dtype,
                                   overwrite=args.overwrite, max_shard_size=args.max_shard_size, card_writer=card_writer,
                                   resident_layers=args.resident_layers, **common)
+        before = count_parameters(path)
     seconds = time.perf_counter() - start
     layers = AutoConfig.from_pretrained(out).num_hidden_layers
-    print(f"{args.method}: {config.num_hidden_layers} -> {layers} layers, {_checkpoint_params(path) / 1e6:.1f}M -> "
-          f"{_checkpoint_params(out) / 1e6:.1f}M parameters, {seconds:.1f} s, peak memory "
+    print(f"{args.method}: {config.num_hidden_layers} -> {layers} layers, {before / 1e6:.1f}M -> "
+          f"{count_parameters(out) / 1e6:.1f}M parameters, {seconds:.1f} s, peak memory "
           f"{peak_rss_bytes() / 2**30:.2f} GiB ({'in memory' if in_memory else 'streamed'}); saved to {out}")
     return 0
 
@@ -513,23 +514,6 @@ def _method_options(args: argparse.Namespace) -> dict:
 
 def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _checkpoint_params(folder) -> int:
-    """Parameters stored in a checkpoint folder, read from the safetensors headers (no weights loaded)."""
-    from safetensors import safe_open
-
-    from .streaming import CheckpointReader
-
-    if not CheckpointReader.has_safetensors(folder):
-        from .checkpoint import load_model
-
-        return _params(load_model(str(folder))[0])
-    total = 0
-    for shard in sorted(set(CheckpointReader(folder).weight_map.values())):
-        with safe_open(Path(folder) / shard, "pt") as f:
-            total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
-    return total
 
 
 def _cmd_ppl(args: argparse.Namespace) -> int:
@@ -672,6 +656,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .bench import folder_bytes
     from .checkpoint import check_output_dir, finish_checkpoint, load_model, resolve_model_path, staged_output
     from .quantization import require_quanto, save_quantized
 
@@ -683,7 +668,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     with staged_output(args.out, args.overwrite, inputs=(path,)) as staging:
         save_quantized(model, staging, args.weights, keep_lm_head=not args.quantize_lm_head)
         finish_checkpoint(staging, model.config, tokenizer)
-    size = sum(f.stat().st_size for f in Path(args.out).glob("*.safetensors"))
+    size = folder_bytes(args.out)
     print(f"{args.weights} weights of {path}: {size / 2**20:.1f} MiB of safetensors; saved to {Path(args.out).resolve()}")
     return 0
 

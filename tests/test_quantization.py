@@ -54,6 +54,8 @@ def test_quantize_command_saves_a_checkpoint_that_ppl_loads(checkpoints, capsys)
         reloaded, _ = flatten_hf.load_model(str(out))
         x = torch.tensor([[5, 6, 7, 8, 9]])
         assert torch.equal(reloaded(x).logits, in_memory(x).logits)
+        with pytest.raises(ValueError, match="already quantized"):  # --quantize would silently keep int8
+            flatten_hf.load_model(str(out), quantize="int4")
         args = ["--max-windows", "1", "--seq-len", "32"]
         assert main(["ppl", str(out), *args]) == 0 and main(["ppl", str(tmp_path / name), "--quantize", "int4", *args]) == 0
         assert "perplexity" in capsys.readouterr().out
