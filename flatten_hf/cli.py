@@ -60,6 +60,8 @@ examples:
   flatten-hf compress path/to/Llama-3-8B --method shortgpt --ratio 0.25 --out out/llama-24L  # streams its layers
   flatten-hf quantize out/smollm2-flattengpt --weights int8 --out out/smollm2-flattengpt-int8
   flatten-hf ppl out/smollm2-shortgpt --quantize int4  # quantized in memory
+  flatten-hf export out/smollm2-flattengpt --format gguf --quantize q8_0 --out out/smollm2-flattengpt.gguf \
+      --llama-cpp path/to/llama.cpp                   # per-layer widths become llama.cpp's deci architecture
 """
 
 MODEL_HELP = ("an offline asset name (smollm2-135m [default], qwen2.5-coder-0.5b), a local checkpoint "
@@ -370,9 +372,32 @@ def _quantize_parser(sub: argparse._SubParsersAction) -> None:
     _add_model_args(q)
 
 
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    from .gguf_export import CONVERTER_TYPES, GGUF_TYPES, LLAMA_CPP_ENV
+
+    ex = sub.add_parser(
+        "export", help="write a (compressed) model in a deployment format (GGUF for llama.cpp)",
+        description="Export MODEL with the deployment tool's own converter. GGUF (llama.cpp, Ollama, "
+                    "llama-cpp-python): llama.cpp's convert_hf_to_gguf.py from a llama.cpp source tree; stock "
+                    "checkpoints convert as the LLaMA / Qwen2 models they are, per-layer (Flattened) ones as "
+                    "llama.cpp's `deci` architecture (per-layer head counts and MLP widths). "
+                    f"{', '.join(CONVERTER_TYPES)} are written by the converter; the other types are quantized "
+                    "from its f16 file by llama-cpp-python (pip install 'flatten-hf[gguf]'). A tensor whose rows "
+                    "do not split into the type's blocks (32 values, 256 for the k-quants) is stored in a "
+                    "fallback type, with a warning; FlattenGPT's --width-multiple avoids that at compress time.")
+    ex.add_argument("model", nargs="?", default=None, help=MODEL_HELP.replace(", or a Hub id (needs network)", ""))
+    ex.add_argument("--format", default="gguf", choices=("gguf",), help="output format (default gguf)")
+    ex.add_argument("--quantize", default="f16", choices=GGUF_TYPES, metavar="TYPE",
+                    help=f"GGUF tensor type (default f16): {', '.join(GGUF_TYPES)}")
+    ex.add_argument("--out", required=True, help="the .gguf file to write (written whole, then renamed into place)")
+    ex.add_argument("--llama-cpp", default=None, metavar="DIR",
+                    help=f"llama.cpp source tree whose converter to run (default: ${LLAMA_CPP_ENV})")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing GGUF file at --out")
+
+
 # One function per command, in the order `--help` lists them.
 _SUBPARSERS = (_assets_parser, _compress_parser, _recover_parser, _ppl_parser, _info_parser, _card_parser,
-               _eval_parser, _bench_parser, _quantize_parser, _report_parser, _push_parser)
+               _eval_parser, _bench_parser, _quantize_parser, _export_parser, _report_parser, _push_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -673,6 +698,18 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import resolve_model_path
+    from .gguf_export import export_gguf
+
+    path = resolve_model_path(args.model)
+    if not Path(path).is_dir():
+        raise ValueError(f"export reads a local checkpoint folder; {path!r} is not one (download it first).")
+    out = export_gguf(path, args.out, args.quantize, llama_cpp=args.llama_cpp, overwrite=args.overwrite)
+    print(f"{args.quantize} GGUF of {path}: {out.stat().st_size / 2**20:.1f} MiB; saved to {out.resolve()}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -688,9 +725,9 @@ def _write_json(path: str, data: dict) -> None:
 
 
 # The optional packages and the extra that installs each (setup.cfg's extras_require).
-_EXTRA_OF = {"peft": "recover", "lm_eval": "eval", "matplotlib": "eval", "optimum": "quantize"}
+_EXTRA_OF = {"peft": "recover", "lm_eval": "eval", "matplotlib": "eval", "optimum": "quantize", "llama_cpp": "gguf"}
 COMMANDS = {"assets": _cmd_assets, "compress": _cmd_compress, "recover": _cmd_recover, "ppl": _cmd_ppl, "info": _cmd_info,
-            "eval": _cmd_eval, "bench": _cmd_bench, "quantize": _cmd_quantize, "report": _cmd_report, "card": _cmd_card,
+            "eval": _cmd_eval, "bench": _cmd_bench, "quantize": _cmd_quantize, "export": _cmd_export, "report": _cmd_report, "card": _cmd_card,
             "push": _cmd_push}
 
 

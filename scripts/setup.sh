@@ -2,6 +2,9 @@
 # Create ./.venv (if needed) and install flatten-hf with its test extra; also create
 # ./.venv-transformers4, a bare torch + transformers 4.57 environment in which the tests load
 # compressed checkpoints the way Hub users on the last 4.x line do (remote code, no flatten-hf).
+# It also unpacks llama.cpp's source tree (its GGUF converter) from the pinned llama-cpp-python sdist into
+# .cache/llama.cpp, for `flatten-hf export --format gguf` and its tests (export LLAMA_CPP_DIR to use it);
+# llama-cpp-python itself is built from source by pip (minutes, once: pip caches the wheel).
 # torch is pinned by constraints.txt (the local CPU wheel, never a CUDA build); the package itself
 # only asks for torch>=2.4, so that installing it never replaces a user's CUDA torch.
 set -euo pipefail
@@ -22,3 +25,19 @@ fi
 .venv-transformers4/bin/"${PIP[@]}" torch
 .venv-transformers4/bin/"${PIP[@]}" "transformers==4.57.6"
 .venv-transformers4/bin/python -c "import transformers; print(f'.venv-transformers4: transformers {transformers.__version__}')"
+
+LLAMA_CPP_VERSION=$(sed -n 's/^llama-cpp-python==//p' constraints.txt)
+if [ -f .cache/llama.cpp/.version ] && [ "$(cat .cache/llama.cpp/.version)" != "$LLAMA_CPP_VERSION" ]; then
+  rm -rf .cache/llama.cpp  # an older tree this script unpacked (it wrote .version)
+fi
+if [ ! -e .cache/llama.cpp ]; then
+  rm -rf .cache/llama-cpp-python-sdist
+  .venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+    -d .cache/llama-cpp-python-sdist "llama-cpp-python==$LLAMA_CPP_VERSION"
+  mkdir -p .cache/llama.cpp
+  tar -xzf .cache/llama-cpp-python-sdist/llama_cpp_python-"$LLAMA_CPP_VERSION".tar.gz -C .cache/llama.cpp \
+    --strip-components=3 "llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp"
+  echo "$LLAMA_CPP_VERSION" > .cache/llama.cpp/.version
+  rm -rf .cache/llama-cpp-python-sdist
+fi
+echo "llama.cpp converter: $PWD/.cache/llama.cpp (LLAMA_CPP_DIR)"

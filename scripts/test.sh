@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check flatten_hf modeling tests benchmarks
 .venv/bin/flatten-hf -q assets fetch
+export LLAMA_CPP_DIR="${LLAMA_CPP_DIR:-$PWD/.cache/llama.cpp}"  # the GGUF export tests run, not skip
 .venv/bin/python -m pytest "$@"

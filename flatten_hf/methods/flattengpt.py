@@ -70,6 +70,9 @@ class FlattenGPTConfig:
         width_policy: 'uniform' (every flattened block pruned back to the dense widths: a stock
             architecture) or 'global' (kept heads and channels chosen by one ranking across all
             flattened blocks, at the same total parameter count: per-layer widths).
+        width_multiple: with the global policy, MLP channels are kept in runs of this many, so every
+            width is a multiple of it (llama.cpp's quantization blocks are 32 and 256 values along a down
+            projection's rows; a width that is no multiple is stored in a fallback type).
         prune: False keeps the wide blocks whole ("depth-only" flattening: fewer, wider layers at the
             full parameter count).
         attn_compensation: least-squares refit of o_proj on the kept heads.
@@ -105,6 +108,10 @@ class FlattenGPTConfig:
         "uniform", "prune every flattened block back to the dense widths (uniform, default: a stock architecture), "
         "or choose heads and channels by one ranking across blocks at the same parameter count (global: per-layer "
         "widths)", choices=WIDTH_POLICIES)
+    width_multiple: int = option(
+        1, "with --width-policy global, keep MLP channels in runs of N so that every width is a multiple of N "
+           "(llama.cpp quantizes a down projection fully only then: 32 for q8_0/q4_0, 256 for its k-quants)",
+        type=int, check="positive")
     prune: bool = option(True, "depth-only flattening: keep the wide blocks whole (fewer layers, same parameters)")
     attn_compensation: bool = option(
         True, "keep the original o_proj rows of the kept heads instead of a least-squares refit")
@@ -129,7 +136,11 @@ class FlattenGPTConfig:
         0.0, "fraction of the calibration batches held out of each block's refit, on which the refit block and "
              "'keep one member whole' are compared (default 0: compared on the fitted tokens)", check="fraction")
 
-    __post_init__ = check_options  # choices and numeric rules of the option(...) fields, named on failure
+    def __post_init__(self) -> None:
+        check_options(self)  # choices and numeric rules of the option(...) fields, named on failure
+        if self.width_multiple != 1 and self.width_policy != "global":
+            raise ValueError("width_multiple (--width-multiple) rounds per-layer MLP widths; it needs "
+                             "width_policy='global' (--width-policy global): the uniform policy keeps the dense widths.")
 
 
 def _block(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config, cache: dict):
@@ -195,7 +206,8 @@ def global_widths(model: PreTrainedModel, runner: LayerwiseRunner, groups: list[
     cfg = model.config
     kv_params, channel_params = flattener.params(1, 0), flattener.params(0, 1)
     budget = len(merged) * flattener.params(cfg.num_key_value_heads, cfg.intermediate_size)
-    widths = allocate_widths(kv_scores, channel_scores, kv_params, channel_params, budget)
+    widths = allocate_widths(kv_scores, channel_scores, kv_params, channel_params, budget,
+                             channel_multiple=config.width_multiple)
     return {tuple(g): w for g, w in zip(merged, widths)}
 
 

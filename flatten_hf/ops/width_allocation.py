@@ -12,22 +12,32 @@ import torch
 
 
 def allocate_widths(kv_scores: list[torch.Tensor], channel_scores: list[torch.Tensor], kv_params: int,
-                    channel_params: int, budget: int, min_kv: int = 1, min_channels: int = 1) -> list[tuple[int, int]]:
+                    channel_params: int, budget: int, min_kv: int = 1, min_channels: int = 1,
+                    channel_multiple: int = 1) -> list[tuple[int, int]]:
     """Per block, how many key/value groups and MLP channels to keep within `budget` parameters.
 
     Each block keeps at least `min_kv` groups and `min_channels` channels (a layer needs both).
+    With `channel_multiple` > 1, channels are kept in runs of that many (the block's next best ones,
+    scored by their mean), so that every MLP width is a multiple of it: what a quantization format
+    with blocks of that size along the down projection's rows needs (llama.cpp: 32 or 256).
     """
+    step = channel_multiple
+    min_channels = -(-min_channels // step) * step
     counts = [[min_kv, min_channels] for _ in kv_scores]
     spent = len(counts) * (min_kv * kv_params + min_channels * channel_params)
     if spent > budget:
         raise ValueError(f"A budget of {budget} parameters cannot hold the minimum widths ({spent}).")
-    units = []  # (score per parameter, block, 0 = kv group / 1 = channel)
+    units = []  # (score per parameter, block, 0 = kv group / 1 = a run of `step` channels)
     for b, (kv, ch) in enumerate(zip(kv_scores, channel_scores)):
+        if ch.numel() < min_channels:
+            raise ValueError(f"A block of {ch.numel()} MLP channels cannot keep a multiple of {step}.")
         units += [(s / kv_params, b, 0) for s in kv.sort(descending=True).values[min_kv:].tolist()]
-        units += [(s / channel_params, b, 1) for s in ch.sort(descending=True).values[min_channels:].tolist()]
+        rest = ch.sort(descending=True).values[min_channels:]
+        rest = rest[: rest.numel() // step * step].view(-1, step).mean(dim=1)
+        units += [(s / channel_params, b, 1) for s in rest.tolist()]
     for _, b, kind in sorted(units, key=lambda u: -u[0]):
-        cost = kv_params if kind == 0 else channel_params
+        cost = kv_params if kind == 0 else channel_params * step
         if spent + cost <= budget:
-            counts[b][kind] += 1
+            counts[b][kind] += 1 if kind == 0 else step
             spent += cost
     return [(kv, ch) for kv, ch in counts]
