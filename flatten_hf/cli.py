@@ -373,26 +373,33 @@ def _quantize_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
+    from .export import EXPORT_FORMATS, ONNX_PYTHON_ENV
     from .gguf_export import CONVERTER_TYPES, GGUF_TYPES, LLAMA_CPP_ENV
 
+    formats = "; ".join(f"{name}: {what}" for name, what in EXPORT_FORMATS.items())
     ex = sub.add_parser(
-        "export", help="write a (compressed) model in a deployment format (GGUF for llama.cpp)",
-        description="Export MODEL with the deployment tool's own converter. GGUF (llama.cpp, Ollama, "
-                    "llama-cpp-python): llama.cpp's convert_hf_to_gguf.py from a llama.cpp source tree; stock "
-                    "checkpoints convert as the LLaMA / Qwen2 models they are, per-layer (Flattened) ones as "
-                    "llama.cpp's `deci` architecture (per-layer head counts and MLP widths). "
-                    f"{', '.join(CONVERTER_TYPES)} are written by the converter; the other types are quantized "
-                    "from its f16 file by llama-cpp-python (pip install 'flatten-hf[gguf]'). A tensor whose rows "
-                    "do not split into the type's blocks (32 values, 256 for the k-quants) is stored in a "
-                    "fallback type, with a warning; FlattenGPT's --width-multiple avoids that at compress time.")
+        "export", help="write a (compressed) model in a deployment format (GGUF, ONNX)",
+        description="Export MODEL with the deployment tool's own converter. Stock checkpoints export as the LLaMA / "
+                    "Qwen2 models they are; per-layer (Flattened) ones get what each tool needs for per-layer widths. "
+                    f"Formats: {formats}. GGUF types {', '.join(CONVERTER_TYPES)} are written by llama.cpp's "
+                    "converter; the others are quantized from its f16 file by llama-cpp-python (pip install "
+                    "'flatten-hf[gguf]'). A tensor whose rows do not split into the type's blocks (32 values, 256 for "
+                    "the k-quants) is stored in a fallback type, with a warning; FlattenGPT's --width-multiple "
+                    "avoids that at compress time.")
     ex.add_argument("model", nargs="?", default=None, help=MODEL_HELP.replace(", or a Hub id (needs network)", ""))
-    ex.add_argument("--format", default="gguf", choices=("gguf",), help="output format (default gguf)")
-    ex.add_argument("--quantize", default="f16", choices=GGUF_TYPES, metavar="TYPE",
-                    help=f"GGUF tensor type (default f16): {', '.join(GGUF_TYPES)}")
-    ex.add_argument("--out", required=True, help="the .gguf file to write (written whole, then renamed into place)")
-    ex.add_argument("--llama-cpp", default=None, metavar="DIR",
-                    help=f"llama.cpp source tree whose converter to run (default: ${LLAMA_CPP_ENV})")
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing GGUF file at --out")
+    ex.add_argument("--format", default="gguf", choices=tuple(EXPORT_FORMATS), help="output format (default gguf)")
+    ex.add_argument("--out", required=True, help="the .gguf file, or the ONNX folder, to write (written whole, then "
+                                                 "renamed into place)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a previous export at --out")
+    g = ex.add_argument_group("gguf")
+    g.add_argument("--quantize", default=None, choices=GGUF_TYPES, metavar="TYPE",
+                   help=f"GGUF tensor type (default f16): {', '.join(GGUF_TYPES)}")
+    g.add_argument("--llama-cpp", default=None, metavar="DIR",
+                   help=f"llama.cpp source tree whose converter to run (default: ${LLAMA_CPP_ENV})")
+    o = ex.add_argument_group("onnx")
+    o.add_argument("--python", default=None, metavar="PATH",
+                   help=f"the Python of an environment with optimum-onnx and onnxruntime (default: ${ONNX_PYTHON_ENV}; "
+                        "scripts/setup.sh makes .venv-onnx)")
 
 
 # One function per command, in the order `--help` lists them.
@@ -700,13 +707,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import resolve_model_path
-    from .gguf_export import export_gguf
+    from .export import export
 
     path = resolve_model_path(args.model)
     if not Path(path).is_dir():
         raise ValueError(f"export reads a local checkpoint folder; {path!r} is not one (download it first).")
-    out = export_gguf(path, args.out, args.quantize, llama_cpp=args.llama_cpp, overwrite=args.overwrite)
-    print(f"{args.quantize} GGUF of {path}: {out.stat().st_size / 2**20:.1f} MiB; saved to {out.resolve()}")
+    out = export(path, args.out, args.format, quantize=args.quantize, llama_cpp=args.llama_cpp, python=args.python,
+                 overwrite=args.overwrite)
+    size = out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    what = f"{args.quantize or 'f16'} GGUF" if args.format == "gguf" else "ONNX"
+    print(f"{what} of {path}: {size / 2**20:.1f} MiB; saved to {out.resolve()}")
     return 0
 
 

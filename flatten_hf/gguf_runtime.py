@@ -18,8 +18,10 @@ from .gguf_export import require_llama_cpp_python
 from .perplexity import windows
 
 
-def load_gguf(path: str | os.PathLike, n_ctx: int = 512, n_threads: int | None = None, f32_cache: bool = False):
-    """A `llama_cpp.Llama` that keeps the logits of every position (needed for perplexity).
+def load_gguf(path: str | os.PathLike, n_ctx: int = 512, n_threads: int | None = None, f32_cache: bool = False,
+              all_logits: bool = True):
+    """A `llama_cpp.Llama` that keeps the logits of every position (needed for perplexity; `all_logits=False`
+    computes only the last one, as a server does, for speed measurements).
 
     llama.cpp stores its KV cache in f16 by default, which alone moves logits by about 1e-3 of their
     scale; `f32_cache` keeps it in f32, for exactness checks of a conversion.
@@ -28,7 +30,7 @@ def load_gguf(path: str | os.PathLike, n_ctx: int = 512, n_threads: int | None =
     import llama_cpp
 
     cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if f32_cache else {}
-    return llama_cpp.Llama(model_path=str(Path(path)), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True, verbose=False,
+    return llama_cpp.Llama(model_path=str(Path(path)), n_ctx=n_ctx, n_batch=n_ctx, logits_all=all_logits, verbose=False,
                            n_threads=n_threads or os.cpu_count(), **cache)
 
 

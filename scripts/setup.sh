@@ -5,6 +5,8 @@
 # It also unpacks llama.cpp's source tree (its GGUF converter) from the pinned llama-cpp-python sdist into
 # .cache/llama.cpp, for `flatten-hf export --format gguf` and its tests (export LLAMA_CPP_DIR to use it);
 # llama-cpp-python itself is built from source by pip (minutes, once: pip caches the wheel).
+# And .venv-onnx, an optimum-onnx + onnxruntime environment (it pins transformers 4.57) for
+# `flatten-hf export --format onnx --python .venv-onnx/bin/python`.
 # torch is pinned by constraints.txt (the local CPU wheel, never a CUDA build); the package itself
 # only asks for torch>=2.4, so that installing it never replaces a user's CUDA torch.
 set -euo pipefail
@@ -25,6 +27,14 @@ fi
 .venv-transformers4/bin/"${PIP[@]}" torch
 .venv-transformers4/bin/"${PIP[@]}" "transformers==4.57.6"
 .venv-transformers4/bin/python -c "import transformers; print(f'.venv-transformers4: transformers {transformers.__version__}')"
+
+# .venv-onnx: optimum-onnx pins transformers 4.57, so ONNX export runs there (flatten_hf/onnx_export.py).
+if [ ! -x .venv-onnx/bin/python ]; then
+  "$PYTHON" -m venv .venv-onnx
+fi
+.venv-onnx/bin/"${PIP[@]}" torch
+.venv-onnx/bin/"${PIP[@]}" optimum-onnx onnxruntime
+.venv-onnx/bin/python -c "import optimum.exporters.onnx, onnxruntime, transformers; print(f'.venv-onnx: transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}')"
 
 LLAMA_CPP_VERSION=$(sed -n 's/^llama-cpp-python==//p' constraints.txt)
 if [ -f .cache/llama.cpp/.version ] && [ "$(cat .cache/llama.cpp/.version)" != "$LLAMA_CPP_VERSION" ]; then
