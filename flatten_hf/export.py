@@ -78,6 +78,20 @@ def check_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, python:
     return json.loads(_run(find_onnx_python(python), "--check", str(model_dir), str(out_dir)).splitlines()[-1])
 
 
+def onnx_perplexity(model_dir: str | os.PathLike, out_dir: str | os.PathLike, windows, python=None) -> dict:
+    """Perplexity of transformers and ONNX Runtime (in the optimum-onnx environment) on `windows`, a
+    `[n, seq_len]` tensor of token ids such as `flatten_hf.perplexity.windows(evaluation_ids(...))`."""
+    import json
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "windows.pt"
+        torch.save(windows.clone(), path)
+        return json.loads(_run(find_onnx_python(python), "--windows", str(path), str(model_dir), str(out_dir))
+                          .splitlines()[-1])
+
+
 def export(model_dir: str | os.PathLike, out: str | os.PathLike, format: str = "gguf", *,
            quantize: str | None = None, llama_cpp: str | os.PathLike | None = None,
            python: str | os.PathLike | None = None, overwrite: bool = False) -> Path:

@@ -7,6 +7,7 @@ never flatten-hf, and runs as a script in the optimum-onnx environment (`flatten
 
     ENV/bin/python onnx_export.py MODEL_DIR OUT_DIR        # export
     ENV/bin/python onnx_export.py --check MODEL_DIR OUT_DIR # ONNX Runtime vs transformers: logits, greedy
+    ENV/bin/python onnx_export.py --windows IDS.pt MODEL_DIR OUT_DIR  # perplexity of both on saved windows
 
 Stock checkpoints (ShortGPT, ReplaceMe, uniform FlattenGPT) need nothing: optimum exports them as the
 LLaMA / Qwen2 models they are. Per-layer (Flattened) checkpoints load with their own modeling code
@@ -101,13 +102,34 @@ def check_onnx(model_dir: str, out_dir: str, new_tokens: int = 12) -> dict:
             "greedy_transformers": greedy[0], "greedy_onnxruntime": greedy[1]}
 
 
+def window_perplexity(model_dir: str, out_dir: str, windows_path: str) -> dict:
+    """Perplexity of transformers and of ONNX Runtime on `[n, seq_len]` token windows saved with torch.save
+    (flatten-hf's evaluation windows, so the numbers compare with `flatten-hf ppl`)."""
+    windows = torch.load(windows_path)
+    models = {"transformers": AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval(),
+              "onnxruntime": FlattenedORTModelForCausalLM.from_pretrained(out_dir, trust_remote_code=True)}
+    result = {}
+    for name, model in models.items():
+        nll = 0.0
+        with torch.no_grad():
+            for window in windows:
+                ids = window[None]
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, :-1].float()
+                nll += torch.nn.functional.cross_entropy(logits, window[1:], reduction="sum").item()
+        result[name] = float(torch.tensor(nll / (windows.shape[0] * (windows.shape[1] - 1))).exp())
+    return result
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description="ONNX export (optimum-onnx) of a stock or Flattened checkpoint.")
     p.add_argument("model_dir")
     p.add_argument("out_dir")
     p.add_argument("--check", action="store_true", help="compare an export with transformers (prints JSON)")
+    p.add_argument("--windows", default=None, help="perplexity of both on these saved token windows (prints JSON)")
     args = p.parse_args(argv)
-    if args.check:
+    if args.windows:
+        print(json.dumps(window_perplexity(args.model_dir, args.out_dir, args.windows)))
+    elif args.check:
         print(json.dumps(check_onnx(args.model_dir, args.out_dir)))
     else:
         export_onnx(args.model_dir, args.out_dir)

@@ -152,20 +152,18 @@ def test_quantized_types_go_through_llama_cpp_quantizer(tmp_path):
 
 @pytest.mark.slow
 @needs_llama_cpp
-def test_real_smollm2_exports_generate_like_transformers(smollm2, tmp_path):
+def test_real_smollm2_exports_generate_like_transformers(smollm2, smollm2_deploy_checkpoints, tmp_path):
     """ShortGPT (stock) and FlattenGPT with global widths (per-layer, `deci`) on real SmolLM2: f16 GGUF,
     the same greedy tokens and perplexity within 0.5% of transformers on two windows of 512."""
-    from flatten_hf.data import calibration_ids, evaluation_ids
+    from flatten_hf.data import evaluation_ids
     from flatten_hf.gguf_runtime import gguf_greedy, gguf_perplexity, load_gguf
     from flatten_hf.perplexity import perplexity
 
-    model, tokenizer = smollm2
+    _, tokenizer = smollm2
     ids = evaluation_ids(tokenizer, "wikipedia")
-    calib = calibration_ids(tokenizer, num_samples=16, seq_len=256)
     prompt = ids[None, :32]  # a Wikipedia passage's first 32 tokens
-    for method, args in (("shortgpt", {}), ("flattengpt", {"width_policy": "global"})):
-        compressed = flatten_hf.compress(model, method, calibration_ids=calib, ratio=0.2, **args)
-        folder = flatten_hf.save_compressed(compressed, tmp_path / method, tokenizer)
+    for method, folder in smollm2_deploy_checkpoints.items():
+        compressed, _ = flatten_hf.load_model(str(folder))
         out = export_gguf(folder, tmp_path / f"{method}.gguf", "f16")
         llm = load_gguf(out, n_ctx=512)
         with torch.no_grad():

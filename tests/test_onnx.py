@@ -11,7 +11,7 @@ import os
 import pytest
 
 from flatten_hf.cli import main
-from flatten_hf.export import check_onnx
+from flatten_hf.export import check_onnx, onnx_perplexity
 
 from .test_gguf import _tiny_checkpoints
 
@@ -51,3 +51,22 @@ def test_onnx_runtime_computes_what_transformers_computes(tmp_path, arch):
         assert result["max_abs_diff"] <= 1e-4 * result["logit_scale"], (folder.name, result)
         assert result["greedy_onnxruntime"] == result["greedy_transformers"], (folder.name, result)
     assert main(["export", str(folder), "--format", "onnx", "--out", str(out), "--overwrite"]) == 0
+
+
+@pytest.mark.slow
+@needs_optimum_onnx
+def test_real_smollm2_onnx_exports_match_transformers(smollm2, smollm2_deploy_checkpoints, tmp_path):
+    """ShortGPT (stock) and FlattenGPT with global widths (per-layer) on real SmolLM2: ONNX Runtime's
+    perplexity within 0.5% of transformers' on two windows of 512, and identical greedy tokens."""
+    from flatten_hf.data import evaluation_ids
+    from flatten_hf.perplexity import windows
+
+    _, tokenizer = smollm2
+    ids = windows(evaluation_ids(tokenizer, "wikipedia"), 512, 2)
+    for method, folder in smollm2_deploy_checkpoints.items():
+        out = tmp_path / method
+        assert main(["export", str(folder), "--format", "onnx", "--out", str(out)]) == 0
+        ppl = onnx_perplexity(folder, out, ids)
+        assert abs(ppl["onnxruntime"] / ppl["transformers"] - 1) < 0.005, (method, ppl)
+        check = check_onnx(folder, out)
+        assert check["greedy_onnxruntime"] == check["greedy_transformers"], (method, check)

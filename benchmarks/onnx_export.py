@@ -1,0 +1,70 @@
+"""ONNX exports of (compressed) checkpoints run by ONNX Runtime: perplexity and agreement; prints a Markdown table.
+
+For each checkpoint: `flatten_hf.export.export_onnx` (optimum-onnx in its own environment, `--python`; per-layer
+checkpoints with flatten-hf's export config), then, in that environment, transformers 4.57 and ONNX Runtime on
+the same windows of flatten-hf's evaluation text: perplexity on the Wikipedia evaluation part and on LAMBADA
+(512-token windows), the largest logit difference on 24 random ids, and whether 12 greedy tokens (with the KV
+cache) are identical.
+
+    python benchmarks/onnx_export.py runs/q/smollm2-shortgpt-0.2 runs/q/smollm2-flattengpt-global-0.2 --python .venv-onnx/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from flatten_hf.checkpoint import load_model, resolve_model_path
+from flatten_hf.data import evaluation_ids
+from flatten_hf.export import check_onnx, export_onnx, onnx_perplexity
+from flatten_hf.perplexity import windows
+
+SOURCES = ("wikipedia", "lambada")
+
+
+def measure(name: str, n_windows: int, python: str | None, json_path: str | None) -> dict:
+    folder = resolve_model_path(name)
+    _, tokenizer = load_model(folder)
+    config = json.loads((Path(folder) / "config.json").read_text())
+    row = {"model": name, "layers": config["num_hidden_layers"], "per_layer": "intermediate_size_per_layer" in config}
+    with tempfile.TemporaryDirectory() as scratch:
+        out = export_onnx(folder, Path(scratch) / "onnx", python=python)
+        row["size_mib"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+        for source in SOURCES:
+            ppl = onnx_perplexity(folder, out, windows(evaluation_ids(tokenizer, source), 512, n_windows), python)
+            row[source], row[f"{source}_transformers"] = ppl["onnxruntime"], ppl["transformers"]
+        check = check_onnx(folder, out, python)
+    row["max_abs_diff"], row["logit_scale"] = check["max_abs_diff"], check["logit_scale"]
+    row["greedy_identical"] = check["greedy_onnxruntime"] == check["greedy_transformers"]
+    print(json.dumps(row), flush=True)
+    if json_path:
+        with open(json_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | layers | widths | ONNX size (MiB) | Wikipedia ppl ORT (transformers) | LAMBADA ppl ORT "
+             "(transformers) | max logit diff | greedy identical |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {Path(r['model']).name} | {r['layers']} | {'per-layer' if r['per_layer'] else 'stock'} | "
+                     f"{r['size_mib']:.0f} | {r['wikipedia']:.2f} ({r['wikipedia_transformers']:.2f}) | "
+                     f"{r['lambada']:.2f} ({r['lambada_transformers']:.2f}) | {r['max_abs_diff']:.1e} | "
+                     f"{'yes' if r['greedy_identical'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", help="checkpoint folders or asset names")
+    p.add_argument("--windows", type=int, default=8, help="512-token windows per text (default 8)")
+    p.add_argument("--python", default=None, help="optimum-onnx environment's python (default $FLATTEN_HF_ONNX_PYTHON)")
+    p.add_argument("--json", default=None, help="also append the rows to this JSON-lines file")
+    args = p.parse_args()
+    print(table([measure(name, args.windows, args.python, args.json) for name in args.models]))
+
+
+if __name__ == "__main__":
+    main()
