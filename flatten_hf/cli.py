@@ -60,8 +60,8 @@ examples:
   flatten-hf compress path/to/Llama-3-8B --method shortgpt --ratio 0.25 --out out/llama-24L  # streams its layers
   flatten-hf quantize out/smollm2-flattengpt --weights int8 --out out/smollm2-flattengpt-int8
   flatten-hf ppl out/smollm2-shortgpt --quantize int4  # quantized in memory
-  flatten-hf export out/smollm2-flattengpt --format gguf --quantize q8_0 --out out/smollm2-flattengpt.gguf \
-      --llama-cpp path/to/llama.cpp                   # per-layer widths become llama.cpp's deci architecture
+  flatten-hf export out/smollm2-flattengpt --quantize q8_0 --out out/fg.gguf  # GGUF ($LLAMA_CPP_DIR)
+  flatten-hf export out/smollm2-flattengpt --format onnx --python .venv-onnx/bin/python --out out/fg-onnx
 """
 
 MODEL_HELP = ("an offline asset name (smollm2-135m [default], qwen2.5-coder-0.5b), a local checkpoint "
