@@ -18,7 +18,7 @@ from pathlib import Path
 
 from flatten_hf.checkpoint import load_model, resolve_model_path
 from flatten_hf.data import evaluation_ids
-from flatten_hf.export import check_onnx, export_onnx, onnx_perplexity
+from flatten_hf.export import check_onnx, export_bytes, export_onnx, onnx_perplexity
 from flatten_hf.perplexity import windows
 
 SOURCES = ("wikipedia", "lambada")
@@ -31,7 +31,7 @@ def measure(name: str, n_windows: int, python: str | None, json_path: str | None
     row = {"model": name, "layers": config["num_hidden_layers"], "per_layer": "intermediate_size_per_layer" in config}
     with tempfile.TemporaryDirectory() as scratch:
         out = export_onnx(folder, Path(scratch) / "onnx", python=python)
-        row["size_mib"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20
+        row["size_mib"] = export_bytes(out) / 2**20
         for source in SOURCES:
             ppl = onnx_perplexity(folder, out, windows(evaluation_ids(tokenizer, source), 512, n_windows), python)
             row[source], row[f"{source}_transformers"] = ppl["onnxruntime"], ppl["transformers"]

@@ -707,14 +707,14 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import resolve_model_path
-    from .export import export
+    from .export import export, export_bytes
 
     path = resolve_model_path(args.model)
     if not Path(path).is_dir():
         raise ValueError(f"export reads a local checkpoint folder; {path!r} is not one (download it first).")
     out = export(path, args.out, args.format, quantize=args.quantize, llama_cpp=args.llama_cpp, python=args.python,
                  overwrite=args.overwrite)
-    size = out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    size = export_bytes(out)
     what = f"{args.quantize or 'f16'} GGUF" if args.format == "gguf" else "ONNX"
     print(f"{what} of {path}: {size / 2**20:.1f} MiB; saved to {out.resolve()}")
     return 0

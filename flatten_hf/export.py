@@ -10,15 +10,19 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from .checkpoint import _CHECKPOINT_FILES
 from .gguf_export import export_gguf
 
 ONNX_PYTHON_ENV = "FLATTEN_HF_ONNX_PYTHON"
 ONNX_SCRIPT = Path(__file__).with_name("onnx_export.py")
+# What an ONNX export folder holds besides checkpoint files (config, tokenizer, modeling code).
+_ONNX_FILES = re.compile(r"^model\.onnx(_data)?$")
 # format -> what the --out names, and the tool that writes it (for --help)
 EXPORT_FORMATS = {
     "gguf": "a .gguf file (llama.cpp's converter; per-layer checkpoints as its deci architecture)",
@@ -56,18 +60,26 @@ def export_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, python
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} has no config.json; export takes a checkpoint folder.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite or not (out / "model.onnx").is_file():
+        foreign = [p.name for p in out.iterdir() if not (_ONNX_FILES.match(p.name) or _CHECKPOINT_FILES.match(p.name))
+                   ] if out.is_dir() else [out.name]
+        if not overwrite or not (out / "model.onnx").is_file() or foreign:
             raise FileExistsError(f"--out {out} exists and is not empty; choose another folder (--overwrite replaces "
-                                  "only a previous ONNX export).")
+                                  "only a previous ONNX export, with no other files in it).")
     python = find_onnx_python(python)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as scratch:
         staged = Path(scratch) / "onnx"
         _run(python, str(model_dir), str(staged))
         if out.exists():
-            shutil.rmtree(out)  # an empty folder, or a previous ONNX export (checked above)
+            shutil.rmtree(out)  # an empty folder, or a previous ONNX export and nothing else (checked above)
         os.replace(staged, out)
     return out
+
+
+def export_bytes(out: str | os.PathLike) -> int:
+    """Bytes an export wrote: the file, or every file in the folder."""
+    out = Path(out)
+    return out.stat().st_size if out.is_file() else sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
 
 
 def check_onnx(model_dir: str | os.PathLike, out_dir: str | os.PathLike, python: str | os.PathLike | None = None

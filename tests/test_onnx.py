@@ -25,6 +25,7 @@ def test_onnx_refusals_come_first_in_one_line(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
+    (tmp_path / "taken" / "model.onnx").write_text("an export beside the user's notes")
     cases = [
         (["--out", str(tmp_path / "onnx")], "pass --python ENV/bin/python"),
         (["--out", str(tmp_path / "onnx"), "--python", str(tmp_path / "nothing")], "is not a Python with optimum-onnx"),
