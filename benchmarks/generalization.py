@@ -1,7 +1,8 @@
 """Does a method win outside its calibration domain? The validation protocol behind issue 18's choices.
 
-For each variant (a JSON object: `method`, optional `calib_source`, and the method's options), compress
-the model on `--calib-samples` x 512 tokens of that source and measure, in float32 (bfloat16 is
+For each variant (a JSON object: `method`, optional `calib_source`, `calib_samples` and `calib_seq_len`,
+and the method's options), compress the model on `--calib-samples` x 512 tokens of that source (or as
+many sequences of as many tokens as the variant says) and measure, in float32 (bfloat16 is
 emulated, and several times slower, on CPUs without AVX512-BF16):
 
 - perplexity on the first `--windows` 512-token windows of the Wikipedia evaluation part (the default
@@ -12,6 +13,11 @@ emulated, and several times slower, on CPUs without AVX512-BF16):
   published numbers are the full tasks (`flatten-hf eval`), never this split alone.
 - with `--split test`, documents [`--limit`, 2 x `--limit`) of each task instead: the held-out *test*
   split, disjoint from the validation one, scored once the defaults are fixed and never used to choose.
+
+Every zero-shot record keeps each document's score, and `--table --paired ROW` prints every row's
+average minus ROW's on the same documents with the *paired* standard error: methods compressed from one
+model succeed and fail on mostly the same documents, so their difference is resolved far more finely
+than the two averages' error bars (about 1.25 points each at 300 documents per task) suggest.
 
 Results are appended to `--results` (JSON lines, one per variant), so an interrupted run resumes and
 variants can be added while it runs (the variants file is re-read after each one). Prints the table.
@@ -33,20 +39,30 @@ import torch
 import flatten_hf
 from flatten_hf.compression import CalibrationConfig, calibration_data
 from flatten_hf.data import evaluation_ids
-from flatten_hf.zeroshot import average, zero_shot
+from flatten_hf.zeroshot import average, document_scores, paired_difference, zero_shot
 
 
 def key_of(variant: dict) -> str:
     return json.dumps(variant, sort_keys=True)
 
 
+def zero_shot_record(model, tokenizer, limit: int | None, docs: tuple[int, int] | None = None,
+                     cache: str | None = None) -> dict:
+    """The five tasks' scores, their average, and each document's score (a string of 0/1 per task, in
+    document order from the split's first document), so that any two rows can be compared pairwise."""
+    scores, raw = zero_shot(model, tokenizer, limit=limit, docs=docs, batch_size=32, cache=cache, log_samples=True)
+    record = {"tasks": {s.task: round(100 * s.headline, 2) for s in scores}}
+    record["avg"], record["avg_stderr"] = (round(100 * v, 2) for v in average(scores))
+    record["documents"] = {task: "".join(str(int(v[i])) for i in sorted(v))
+                           for task, v in document_scores(raw).items()}
+    return record
+
+
 def measure(model, tokenizer, windows: int, limit: int, texts: dict) -> dict:
     row = {f"ppl_{name}": flatten_hf.perplexity(model, ids, 512, batch_size=4, max_windows=windows)
            for name, ids in texts.items()}
     if limit:
-        scores, _ = zero_shot(model, tokenizer, limit=limit, batch_size=32)
-        row["tasks"] = {s.task: round(100 * s.headline, 2) for s in scores}
-        row["avg"], row["avg_stderr"] = (round(100 * v, 2) for v in average(scores))
+        row.update(zero_shot_record(model, tokenizer, limit))
     return row
 
 
@@ -67,10 +83,8 @@ def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) 
         start = time.perf_counter()
         docs = (args.limit, 2 * args.limit) if test else None
         tag = f"{args.limit}-{2 * args.limit}" if test else str(args.limit)
-        scores, _ = zero_shot(model, tokenizer, limit=None if test else args.limit, docs=docs, batch_size=32,
-                              cache=str(results_path.parent / f"lm-cache-{results_path.stem}-{index}-{tag}"))
-        record = {"tasks": {s.task: round(100 * s.headline, 2) for s in scores}}
-        record["avg"], record["avg_stderr"] = (round(100 * v, 2) for v in average(scores))
+        record = zero_shot_record(model, tokenizer, None if test else args.limit, docs,
+                                  cache=str(results_path.parent / f"lm-cache-{results_path.stem}-{index}-{tag}"))
         if test:
             done[index]["test"] = {**record, "docs": list(docs), "seconds": time.perf_counter() - start}
         else:
@@ -97,6 +111,31 @@ def print_table(results: list[dict], split: str = "validation") -> None:
               + " | ".join(str(c) for c in cells) + f" | {avg} | {r['seconds']:.0f} |")
 
 
+def _documents(row: dict, split: str) -> dict[str, dict[int, float]] | None:
+    record = row.get("test") if split == "test" else row
+    if not record or "documents" not in record:
+        return None
+    return {task: {i: float(c) for i, c in enumerate(bits)} for task, bits in record["documents"].items()}
+
+
+def print_paired(results: list[dict], reference: int, split: str = "validation") -> None:
+    """Each row's average minus the reference row's, on the same documents, with the paired standard error."""
+    ref = _documents(results[reference], split)
+    if ref is None:
+        raise SystemExit(f"row {reference} has no per-document scores on the {split} split; score it again.")
+    print(f"{split} split, paired against row {reference}: {results[reference]['key']}")
+    print("| row | variant | PIQA | HS | WG | ARC-e | ARC-c | avg difference (± paired se) | z |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for i, r in enumerate(results):
+        docs = _documents(r, split)
+        if docs is None or i == reference:
+            continue
+        d = paired_difference(docs, ref)
+        cells = [f"{100 * d.per_task[t]:+.2f}" for t in ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge")]
+        print(f"| {i} | {r['key']} | " + " | ".join(cells) + f" | {100 * d.difference:+.2f} (± {100 * d.stderr:.2f}) "
+              f"| {d.z:+.1f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="asset name or checkpoint (default smollm2-135m)")
@@ -108,6 +147,9 @@ def main() -> None:
     p.add_argument("--save-dir", default=None,
                    help="also save each compressed model to SAVE_DIR/<n> (e.g. for a full `flatten-hf eval` later)")
     p.add_argument("--table", action="store_true", help="print the table of --results and exit")
+    p.add_argument("--paired", type=int, default=None, metavar="ROW",
+                   help="with --table: each row's zero-shot average minus row ROW's, document by document, with the "
+                        "paired standard error (rows scored since per-document scores were recorded)")
     p.add_argument("--split", choices=("validation", "test"), default="validation",
                    help="with --zero-shot-saved or --table: the first --limit documents of each task (validation, "
                         "where defaults are chosen) or the next --limit (test, held out)")
@@ -122,6 +164,8 @@ def main() -> None:
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
     if args.table:
         print_table(done, args.split)
+        if args.paired is not None:
+            print_paired(done, args.paired, args.split)
         return
     if args.zero_shot_saved:
         score_saved(args, done, results_path)
@@ -141,16 +185,17 @@ def main() -> None:
         if method == "dense":
             compressed = model
         else:
-            source = variant.pop("calib_source", "wikipedia")
-            if source not in calibration:  # cached on disk: sampling from the model takes minutes on a CPU
-                cached = results_path.parent / f"calibration-{source}-{args.calib_samples}x512.pt"
+            config = CalibrationConfig(variant.pop("calib_source", "wikipedia"),
+                                       variant.pop("calib_samples", args.calib_samples), variant.pop("calib_seq_len", 512))
+            name = f"calibration-{config.source}-{config.num_samples}x{config.seq_len}"
+            if name not in calibration:  # cached on disk: sampling from the model takes minutes on a CPU
+                cached = results_path.parent / f"{name}.pt"
                 if not cached.exists():
-                    torch.save(calibration_data(model, tokenizer, CalibrationConfig(source, args.calib_samples, 512)),
-                               cached)
-                calibration[source] = torch.load(cached)
+                    torch.save(calibration_data(model, tokenizer, config), cached)
+                calibration[name] = torch.load(cached)
             # the config too, so that the plan records where the ids came from
-            compressed = flatten_hf.compress(model, method, calibration_ids=calibration[source],
-                                             calibration=CalibrationConfig(source, args.calib_samples, 512), **variant)
+            compressed = flatten_hf.compress(model, method, calibration_ids=calibration[name], calibration=config,
+                                             **variant)
         if args.save_dir and method != "dense":
             flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer,
                                        card_writer=flatten_hf.write_card)

@@ -62,6 +62,7 @@ examples:
   flatten-hf ppl out/smollm2-shortgpt --quantize int4  # quantized in memory
   flatten-hf export out/smollm2-flattengpt --quantize q8_0 --out out/fg.gguf  # GGUF ($LLAMA_CPP_DIR)
   flatten-hf export out/smollm2-flattengpt --format onnx --python .venv-onnx/bin/python --out out/fg-onnx
+  flatten-hf export out/smollm2-flattengpt --format openvino --python .venv-openvino/bin/python --out out/fg-ov
 """
 
 MODEL_HELP = ("an offline asset name (smollm2-135m [default], qwen2.5-coder-0.5b), a local checkpoint "
@@ -373,12 +374,12 @@ def _quantize_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
-    from .export import EXPORT_FORMATS, ONNX_PYTHON_ENV
+    from .export import EXPORT_FORMATS, OPTIMUM_TOOLS
     from .gguf_export import CONVERTER_TYPES, GGUF_TYPES, LLAMA_CPP_ENV
 
     formats = "; ".join(f"{name}: {what}" for name, what in EXPORT_FORMATS.items())
     ex = sub.add_parser(
-        "export", help="write a (compressed) model in a deployment format (GGUF, ONNX)",
+        "export", help="write a (compressed) model in a deployment format (GGUF, ONNX, OpenVINO)",
         description="Export MODEL with the deployment tool's own converter. Stock checkpoints export as the LLaMA / "
                     "Qwen2 models they are; per-layer (Flattened) ones get what each tool needs for per-layer widths. "
                     f"Formats: {formats}. GGUF types {', '.join(CONVERTER_TYPES)} are written by llama.cpp's "
@@ -388,18 +389,19 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
                     "avoids that at compress time.")
     ex.add_argument("model", nargs="?", default=None, help=MODEL_HELP.replace(", or a Hub id (needs network)", ""))
     ex.add_argument("--format", default="gguf", choices=tuple(EXPORT_FORMATS), help="output format (default gguf)")
-    ex.add_argument("--out", required=True, help="the .gguf file, or the ONNX folder, to write (written whole, then "
-                                                 "renamed into place)")
+    ex.add_argument("--out", required=True, help="the .gguf file, or the ONNX / OpenVINO folder, to write (written "
+                                                 "whole, then renamed into place)")
     ex.add_argument("--overwrite", action="store_true", help="replace a previous export at --out")
     g = ex.add_argument_group("gguf")
     g.add_argument("--quantize", default=None, choices=GGUF_TYPES, metavar="TYPE",
                    help=f"GGUF tensor type (default f16): {', '.join(GGUF_TYPES)}")
     g.add_argument("--llama-cpp", default=None, metavar="DIR",
                    help=f"llama.cpp source tree whose converter to run (default: ${LLAMA_CPP_ENV})")
-    o = ex.add_argument_group("onnx")
+    o = ex.add_argument_group("onnx, openvino")
+    tools = ", ".join(f"{t.tool} for {name} (default ${t.python_env})" for name, t in OPTIMUM_TOOLS.items())
     o.add_argument("--python", default=None, metavar="PATH",
-                   help=f"the Python of an environment with optimum-onnx and onnxruntime (default: ${ONNX_PYTHON_ENV}; "
-                        "scripts/setup.sh makes .venv-onnx)")
+                   help=f"the Python of an environment with the format's optimum tool, which pins its own transformers: "
+                        f"{tools}; scripts/setup.sh makes .venv-onnx and .venv-openvino")
 
 
 # One function per command, in the order `--help` lists them.
@@ -715,7 +717,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = export(path, args.out, args.format, quantize=args.quantize, llama_cpp=args.llama_cpp, python=args.python,
                  overwrite=args.overwrite)
     size = export_bytes(out)
-    what = f"{args.quantize or 'f16'} GGUF" if args.format == "gguf" else "ONNX"
+    what = f"{args.quantize or 'f16'} GGUF" if args.format == "gguf" else {"onnx": "ONNX", "openvino": "OpenVINO IR"}[args.format]
     print(f"{what} of {path}: {size / 2**20:.1f} MiB; saved to {out.resolve()}")
     return 0
 

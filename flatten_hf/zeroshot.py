@@ -141,7 +141,7 @@ def check_tasks(tasks: tuple[str, ...] | list[str], source: str = "offline") -> 
 
 def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limit: int | None = None,
               batch_size: int = 32, source: str = "offline", cache: str | None = None,
-              docs: tuple[int, int] | None = None) -> tuple[list[TaskScore], dict]:
+              docs: tuple[int, int] | None = None, log_samples: bool = False) -> tuple[list[TaskScore], dict]:
     """Run lm-eval's `simple_evaluate` on an already-loaded model; return the scores and lm-eval's raw results.
 
     Args:
@@ -156,6 +156,8 @@ def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limi
             request's answer as it is computed). The full five tasks take hours on a CPU; with a cache an
             interrupted run resumes instead of starting over. lm-eval keys the entries by request only, so
             the prefix must be unique to the model weights and dtype.
+        log_samples: keep lm-eval's per-document records in the raw results (`results["samples"]`), from
+            which `document_scores` reads each document's score for paired comparisons.
     """
     require_lm_eval()
     from lm_eval import simple_evaluate
@@ -168,7 +170,7 @@ def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limi
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
     results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, samples=samples,
                               task_manager=task_manager(source),
-                              log_samples=False, bootstrap_iters=1000, random_seed=0, numpy_random_seed=1234,
+                              log_samples=log_samples, bootstrap_iters=1000, random_seed=0, numpy_random_seed=1234,
                               torch_random_seed=1234, use_cache=cache)
     scores = []
     for task in tasks:
@@ -183,3 +185,54 @@ def average(scores: list[TaskScore]) -> tuple[float, float]:
     mean = sum(s.headline for s in scores) / len(scores)
     stderr = math.sqrt(sum(s.headline_stderr ** 2 for s in scores)) / len(scores)
     return mean, stderr
+
+
+def document_scores(results: dict, tasks: tuple[str, ...] | list[str] = TASKS) -> dict[str, dict[int, float]]:
+    """Each document's headline score (acc_norm where the task has it, else acc: 1.0 or 0.0), by task and
+    lm-eval doc id, from the raw results of `zero_shot(..., log_samples=True)`."""
+    if "samples" not in results:
+        raise ValueError("these lm-eval results hold no per-document records; run zero_shot with log_samples=True.")
+    scores = {}
+    for task in tasks:
+        records = results["samples"][task]
+        metric = "acc_norm" if all("acc_norm" in r for r in records) else "acc"
+        scores[task] = {int(r["doc_id"]): float(r[metric]) for r in records}
+    return scores
+
+
+@dataclass
+class PairedDifference:
+    """The difference of two models' five-task averages, measured on the same documents.
+
+    Two methods compressed from one model get most documents right or wrong together, so the
+    variance of their per-document *difference* is far below the sum of their variances: the standard
+    error of `difference` is what says whether one method is ahead, not the two averages' error bars.
+    """
+
+    difference: float  # mean over tasks of (a - b) per task, in the units of the scores (fractions)
+    stderr: float
+    per_task: dict[str, float]
+    documents: int
+
+    @property
+    def z(self) -> float:
+        return self.difference / self.stderr if self.stderr > 0 else math.copysign(math.inf, self.difference or 1.0)
+
+
+def paired_difference(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) -> PairedDifference:
+    """Average of a minus average of b over the documents both scored, task by task, with the paired
+    standard error: the tasks are averaged with equal weight (as `average` does), and each task's mean
+    difference has stderr sd(d) / sqrt(n) over its documents' differences d (tasks independent)."""
+    tasks = [t for t in a if t in b]
+    if not tasks:
+        raise ValueError("the two results share no task; score both on the same tasks and documents.")
+    per_task, variance, documents = {}, 0.0, 0
+    for task in tasks:
+        ids = sorted(set(a[task]) & set(b[task]))
+        if len(ids) < 2:
+            raise ValueError(f"{task}: fewer than 2 documents scored by both models; score them on the same documents.")
+        d = [a[task][i] - b[task][i] for i in ids]
+        mean = sum(d) / len(d)
+        var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+        per_task[task], variance, documents = mean, variance + var / len(d), documents + len(ids)
+    return PairedDifference(sum(per_task.values()) / len(tasks), math.sqrt(variance) / len(tasks), per_task, documents)

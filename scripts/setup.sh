@@ -6,7 +6,8 @@
 # .cache/llama.cpp, for `flatten-hf export --format gguf` and its tests (export LLAMA_CPP_DIR to use it);
 # llama-cpp-python itself is built from source by pip (minutes, once: pip caches the wheel).
 # And .venv-onnx, an optimum-onnx + onnxruntime environment (it pins transformers 4.57) for
-# `flatten-hf export --format onnx --python .venv-onnx/bin/python`.
+# `flatten-hf export --format onnx --python .venv-onnx/bin/python`, and .venv-openvino, an optimum-intel +
+# OpenVINO environment (it pins transformers 5.5) for `flatten-hf export --format openvino`.
 # torch is pinned by constraints.txt (the local CPU wheel, never a CUDA build); the package itself
 # only asks for torch>=2.4, so that installing it never replaces a user's CUDA torch.
 set -euo pipefail
@@ -35,6 +36,17 @@ fi
 .venv-onnx/bin/"${PIP[@]}" torch
 .venv-onnx/bin/"${PIP[@]}" optimum-onnx onnxruntime
 .venv-onnx/bin/python -c "import optimum.exporters.onnx, onnxruntime, transformers; print(f'.venv-onnx: transformers {transformers.__version__}, onnxruntime {onnxruntime.__version__}')"
+
+# .venv-openvino: optimum-intel pins transformers <5.6, so OpenVINO export runs there (flatten_hf/openvino_export.py).
+if [ ! -x .venv-openvino/bin/python ]; then
+  "$PYTHON" -m venv .venv-openvino
+fi
+.venv-openvino/bin/"${PIP[@]}" torch
+.venv-openvino/bin/"${PIP[@]}" "optimum-intel[openvino]"
+# optimum-intel declares torchvision (for its vision models only). PyPI's torchvision does not load against this CPU
+# torch wheel ("operator torchvision::nms does not exist"), and transformers then cannot import PreTrainedModel.
+.venv-openvino/bin/python -m pip uninstall -q -y torchvision
+.venv-openvino/bin/python -c "import optimum.intel.openvino, openvino, transformers; print(f'.venv-openvino: transformers {transformers.__version__}, openvino {openvino.__version__}')"
 
 LLAMA_CPP_VERSION=$(sed -n 's/^llama-cpp-python==//p' constraints.txt)
 if [ -f .cache/llama.cpp/.version ] && [ "$(cat .cache/llama.cpp/.version)" != "$LLAMA_CPP_VERSION" ]; then

@@ -8,4 +8,5 @@ bash scripts/setup.sh
 .venv/bin/flatten-hf -q assets fetch
 export LLAMA_CPP_DIR="${LLAMA_CPP_DIR:-$PWD/.cache/llama.cpp}"  # the GGUF export tests run, not skip
 export FLATTEN_HF_ONNX_PYTHON="${FLATTEN_HF_ONNX_PYTHON:-$PWD/.venv-onnx/bin/python}"  # and the ONNX ones
+export FLATTEN_HF_OPENVINO_PYTHON="${FLATTEN_HF_OPENVINO_PYTHON:-$PWD/.venv-openvino/bin/python}"  # and OpenVINO's
 .venv/bin/python -m pytest "$@"
