@@ -137,3 +137,20 @@ def test_l2_similarity_is_one_minus_the_relative_squared_distance():
     assert s[0, 0].item() == pytest.approx(1.0, abs=1e-6)
     # doubling a state changes nothing for the cosine and a lot for l2: 1 - 1/2 = 0.5
     assert c[0, 1].item() == pytest.approx(1.0, abs=1e-3) and s[0, 1].item() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_norm_token_weighting_divides_each_token_by_its_rms():
+    """'norm' weighs a token's error as the next RMSNorm sees it: an attention-sink token 100x larger than the
+    rest counts no more than they do, where plain least squares ('uniform') lets it hold nearly all the error."""
+    from flatten_hf.methods.flatten_block import token_scale
+
+    h = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    h[:, 0] *= 100  # the sink
+    assert token_scale(h, "uniform") == 1.0
+    scale = token_scale(h, "norm")
+    assert scale.shape == (10, 1)
+    torch.testing.assert_close(scale[:, 0], h.reshape(10, 8).pow(2).mean(-1).sqrt())
+    error = 0.01 * h.reshape(10, 8)  # the same 1% relative error on every token
+    sink_share = {w: ((error / token_scale(h, w)) ** 2).sum(-1).view(2, 5)[:, 0].sum() / ((error / token_scale(h, w)) ** 2).sum()
+                  for w in ("uniform", "norm")}
+    assert sink_share["uniform"] > 0.99 and sink_share["norm"] == pytest.approx(0.2)

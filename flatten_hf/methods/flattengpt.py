@@ -51,6 +51,7 @@ SIMILARITY_MODES = ("one-shot", "iterative")
 WIDTH_POLICIES = ("uniform", "global")
 TARGETS = ("sequential", "dense")
 GRAM_DTYPES = ("float64", "float32")
+TOKEN_WEIGHTINGS = ("uniform", "norm")
 
 
 @dataclass
@@ -79,6 +80,10 @@ class FlattenGPTConfig:
         target: what a pruned block is fitted to: 'sequential' (the group's original layers run one after
             the other on the block's input) or 'dense' (the dense model's hidden state after the group,
             which also undoes the drift of earlier groups; costs one more dense pass).
+        token_weighting: how each calibration token's error counts in the refits and in judging a block:
+            'uniform' (plain least squares) or 'norm' (relative to that token's hidden-state RMS, which is
+            what the next layer's RMSNorm divides it by; see `flatten_block.token_scale`: the attention
+            sink's massive hidden state otherwise holds nearly all of a block's error budget).
         ridge_factor: lambda of the ridge leverage scores and of the refits, as a multiple of the
             mean eigenvalue of the Gram matrix being inverted.
         max_group_size: largest number of original layers in one flattened block (None: no limit).
@@ -118,6 +123,10 @@ class FlattenGPTConfig:
     target: str = option(
         "sequential", "fit each pruned block to its original layers' sequential output (default) or to the dense "
         "model's hidden state, which also undoes earlier blocks' drift (one more pass)", choices=TARGETS)
+    token_weighting: str = option(
+        "uniform", "how a token's error counts in the refits and the choice of each block: as it is (uniform, default) "
+                   "or relative to its hidden state's RMS (norm), as the next layer's RMSNorm sees it",
+        choices=TOKEN_WEIGHTINGS)
     ridge_factor: float = option(
         0.1, "ridge lambda as a multiple of the mean eigenvalue of the activation Gram (default 0.1)",
         check="non_negative")
