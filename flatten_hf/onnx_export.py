@@ -28,22 +28,10 @@ import torch
 from optimum.exporters.onnx import main_export
 from optimum.exporters.onnx.model_configs import LlamaOnnxConfig, Qwen2OnnxConfig
 from optimum.onnxruntime import ORTModelForCausalLM
-from optimum.utils import DummyTextInputGenerator
-from optimum_script import TASK, FlattenedPastKeyValuesGenerator, main
-from transformers import AutoConfig
+from optimum_script import TASK, custom_configs, main, per_layer_config
 
-
-class FlattenedLlamaOnnxConfig(LlamaOnnxConfig):
-    DUMMY_INPUT_GENERATOR_CLASSES = (DummyTextInputGenerator, FlattenedPastKeyValuesGenerator)
-    DUMMY_PKV_GENERATOR_CLASS = FlattenedPastKeyValuesGenerator
-
-
-class FlattenedQwen2OnnxConfig(Qwen2OnnxConfig):
-    DUMMY_INPUT_GENERATOR_CLASSES = (DummyTextInputGenerator, FlattenedPastKeyValuesGenerator)
-    DUMMY_PKV_GENERATOR_CLASS = FlattenedPastKeyValuesGenerator
-
-
-ONNX_CONFIGS = {"flatten_llama": FlattenedLlamaOnnxConfig, "flatten_qwen2": FlattenedQwen2OnnxConfig}
+# model_type -> its per-layer export config (FlattenedLlamaOnnxConfig, FlattenedQwen2OnnxConfig)
+ONNX_CONFIGS = {"flatten_llama": per_layer_config(LlamaOnnxConfig), "flatten_qwen2": per_layer_config(Qwen2OnnxConfig)}
 
 
 class FlattenedORTModelForCausalLM(ORTModelForCausalLM):
@@ -62,13 +50,7 @@ class FlattenedORTModelForCausalLM(ORTModelForCausalLM):
 
 def export_onnx(model_dir: str, out_dir: str) -> None:
     """optimum's `main_export` with a KV cache; the Flattened export config for per-layer checkpoints."""
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
-    custom = {}
-    if config.model_type in ONNX_CONFIGS:
-        custom = {"model": ONNX_CONFIGS[config.model_type](config, task="text-generation", use_past=True,
-                                                            use_past_in_inputs=True)}
-    elif config.model_type.startswith("flatten_"):
-        raise SystemExit(f"ONNX export supports Flattened LLaMA and Qwen2 checkpoints, not {config.model_type}.")
+    custom = custom_configs(model_dir, ONNX_CONFIGS, "ONNX")
     main_export(model_dir, out_dir, task=TASK, trust_remote_code=bool(custom), custom_onnx_configs=custom or None)
 
 

@@ -25,34 +25,17 @@ import sys
 from optimum.exporters.openvino import main_export
 from optimum.exporters.openvino.model_configs import LlamaOpenVINOConfig, Qwen2OpenVINOConfig
 from optimum.intel import OVModelForCausalLM
-from optimum.utils import DummyTextInputGenerator
-from optimum_script import TASK, FlattenedPastKeyValuesGenerator, main
-from transformers import AutoConfig
+from optimum_script import TASK, custom_configs, main, per_layer_config
 
-
-class FlattenedLlamaOpenVINOConfig(LlamaOpenVINOConfig):
-    DUMMY_INPUT_GENERATOR_CLASSES = (DummyTextInputGenerator, FlattenedPastKeyValuesGenerator)
-    DUMMY_PKV_GENERATOR_CLASS = FlattenedPastKeyValuesGenerator
-
-
-class FlattenedQwen2OpenVINOConfig(Qwen2OpenVINOConfig):
-    DUMMY_INPUT_GENERATOR_CLASSES = (DummyTextInputGenerator, FlattenedPastKeyValuesGenerator)
-    DUMMY_PKV_GENERATOR_CLASS = FlattenedPastKeyValuesGenerator
-
-
-OPENVINO_CONFIGS = {"flatten_llama": FlattenedLlamaOpenVINOConfig, "flatten_qwen2": FlattenedQwen2OpenVINOConfig}
+# model_type -> its per-layer export config (FlattenedLlamaOpenVINOConfig, FlattenedQwen2OpenVINOConfig)
+OPENVINO_CONFIGS = {"flatten_llama": per_layer_config(LlamaOpenVINOConfig),
+                    "flatten_qwen2": per_layer_config(Qwen2OpenVINOConfig)}
 
 
 def export_openvino(model_dir: str, out_dir: str) -> None:
     """optimum-intel's `main_export` (stateful KV cache, the checkpoint's float weights: no weight
     compression); the Flattened export config for per-layer checkpoints."""
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
-    custom = {}
-    if config.model_type in OPENVINO_CONFIGS:
-        custom = {"model": OPENVINO_CONFIGS[config.model_type](config, task="text-generation", use_past=True,
-                                                                use_past_in_inputs=True)}
-    elif config.model_type.startswith("flatten_"):
-        raise SystemExit(f"OpenVINO export supports Flattened LLaMA and Qwen2 checkpoints, not {config.model_type}.")
+    custom = custom_configs(model_dir, OPENVINO_CONFIGS, "OpenVINO")
     main_export(model_dir, out_dir, task=TASK, trust_remote_code=bool(custom), custom_export_configs=custom or None,
                 library_name="transformers")
 

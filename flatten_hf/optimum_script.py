@@ -1,5 +1,5 @@
-"""What the optimum export scripts (`onnx_export.py`, `openvino_export.py`) share: the per-layer dummy KV
-cache, the comparison with transformers, and their command line.
+"""What the optimum export scripts (`onnx_export.py`, `openvino_export.py`) share: the per-layer export
+configs (their dummy KV cache), the comparison with transformers, and their command line.
 
 optimum-onnx and optimum-intel each pin a transformers older than flatten-hf's, so their scripts run in
 environments of their own and import this file as their sibling (the script's folder is first on
@@ -13,8 +13,9 @@ import json
 from collections.abc import Callable
 
 import torch
+from optimum.utils import DummyTextInputGenerator
 from optimum.utils.input_generators import MistralDummyPastKeyValuesGenerator
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 TASK = "text-generation-with-past"
 
@@ -34,6 +35,27 @@ class FlattenedPastKeyValuesGenerator(MistralDummyPastKeyValuesGenerator):
         return [tuple(self.random_float_tensor((self.batch_size, heads, self.sequence_length, self.head_dim),
                                                framework=framework, dtype=float_dtype) for _ in range(2))
                 for heads in self.kv_heads]
+
+
+def per_layer_config(base: type) -> type:
+    """`Flattened<base>`: an optimum export config (LLaMA's, Qwen2's; ONNX or OpenVINO) whose dummy KV cache
+    has each layer's key/value heads."""
+    return type(f"Flattened{base.__name__}", (base,), {
+        "__doc__": f"{base.__name__} with a dummy KV cache sized per layer (FlattenedPastKeyValuesGenerator).",
+        "DUMMY_INPUT_GENERATOR_CLASSES": (DummyTextInputGenerator, FlattenedPastKeyValuesGenerator),
+        "DUMMY_PKV_GENERATOR_CLASS": FlattenedPastKeyValuesGenerator})
+
+
+def custom_configs(model_dir: str, configs: dict[str, type], tool: str) -> dict:
+    """optimum's `custom_*_configs` for `model_dir`: {"model": the per-layer config} for a Flattened checkpoint
+    (by its model_type in `configs`), {} for a stock one, which optimum exports with its own config."""
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+    if config.model_type in configs:
+        return {"model": configs[config.model_type](config, task="text-generation", use_past=True,
+                                                     use_past_in_inputs=True)}
+    if config.model_type.startswith("flatten_"):
+        raise SystemExit(f"{tool} export supports Flattened LLaMA and Qwen2 checkpoints, not {config.model_type}.")
+    return {}
 
 
 def _reference(model_dir: str):

@@ -93,7 +93,7 @@ def quality_table(rows: list[Row]) -> str:
                  f"{r.perplexity:.2f}" if r.perplexity is not None else "-"]
         if other:
             cells.append(f"{r.other_perplexity:.2f}" if r.other_perplexity is not None else "-")
-        cells += [f"{100 * t.headline:.1f}" for t in r.tasks]
+        cells += [f"{100 * t.headline:.1f} (± {100 * t.headline_stderr:.1f})" for t in r.tasks]
         if tasks:
             retained = (f"{100 * r.zero_shot_average / dense.zero_shot_average:.1f}%"
                         if dense and dense.zero_shot_average else "-")

@@ -165,3 +165,14 @@ def test_quality_table_shows_the_second_domain_when_measured():
     assert "| perplexity | ppl (lambada) |" in table
     assert "| 20.00 | 40.50 |" in table and "| 30.00 | - |" in table
     assert "ppl (" not in quality_table([Row(short, "shortgpt", 0.2)])
+
+
+def test_quality_table_gives_each_task_its_stderr():
+    """Per task, the headline metric (acc_norm where the task has it) with its own standard error."""
+    from flatten_hf.zeroshot import TaskScore
+
+    tasks = [TaskScore("piqa", 0.6, 0.011, 0.612, 0.0114, 1838), TaskScore("winogrande", 0.5, 0.014, None, None, 1267)]
+    result = EvalResult("dense", 6, 6000, perplexity=20.0, tasks=tasks, zero_shot_average=0.556,
+                        zero_shot_average_stderr=0.009)
+    table = quality_table([Row(result, "dense", 0.0)])
+    assert "| 61.2 (± 1.1) | 50.0 (± 1.4) | 55.6 (± 0.9) |" in table
