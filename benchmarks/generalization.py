@@ -1,7 +1,7 @@
 """Does a method win outside its calibration domain? The validation protocol behind issue 18's choices.
 
 For each variant (a JSON object: `method`, optional `calib_source`, `calib_samples` and `calib_seq_len`,
-and the method's options), compress the model on `--calib-samples` x 512 tokens of that source (or as
+`recover_steps` (then `flatten_hf.recover` with its defaults and that many steps), and the method's options), compress the model on `--calib-samples` x 512 tokens of that source (or as
 many sequences of as many tokens as the variant says) and measure, in float32 (bfloat16 is
 emulated, and several times slower, on CPUs without AVX512-BF16):
 
@@ -30,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -193,9 +194,13 @@ def main() -> None:
                 if not cached.exists():
                     torch.save(calibration_data(model, tokenizer, config), cached)
                 calibration[name] = torch.load(cached)
+            recover_steps = variant.pop("recover_steps", 0)
             # the config too, so that the plan records where the ids came from
             compressed = flatten_hf.compress(model, method, calibration_ids=calibration[name], calibration=config,
                                              **variant)
+            if recover_steps:  # distil the dense model back in (trained in place: never on tensors it shares)
+                compressed = flatten_hf.recover(copy.deepcopy(compressed), model, tokenizer=tokenizer,
+                                                config=flatten_hf.RecoveryConfig(steps=recover_steps))
         if args.save_dir and method != "dense":
             flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer,
                                        card_writer=flatten_hf.write_card)

@@ -216,7 +216,10 @@ class PairedDifference:
 
     @property
     def z(self) -> float:
-        return self.difference / self.stderr if self.stderr > 0 else math.copysign(math.inf, self.difference or 1.0)
+        """difference / stderr; 0 for two models that agree on every document."""
+        if self.stderr > 0:
+            return self.difference / self.stderr
+        return 0.0 if self.difference == 0 else math.copysign(math.inf, self.difference)
 
 
 def paired_difference(a: dict[str, dict[int, float]], b: dict[str, dict[int, float]]) -> PairedDifference:
