@@ -40,7 +40,7 @@ import torch
 import flatten_hf
 from flatten_hf.compression import CalibrationConfig, calibration_data
 from flatten_hf.data import evaluation_ids
-from flatten_hf.zeroshot import average, document_scores, paired_difference, zero_shot
+from flatten_hf.zeroshot import TASKS, average, document_scores, paired_difference, zero_shot
 
 
 def key_of(variant: dict) -> str:
@@ -112,27 +112,29 @@ def print_table(results: list[dict], split: str = "validation") -> None:
               + " | ".join(str(c) for c in cells) + f" | {avg} | {r['seconds']:.0f} |")
 
 
-def _documents(row: dict, split: str) -> dict[str, dict[int, float]] | None:
+def _documents(row: dict, split: str, tasks: tuple[str, ...] = TASKS) -> dict[str, dict[int, float]] | None:
     record = row.get("test") if split == "test" else row
     if not record or "documents" not in record:
         return None
-    return {task: {i: float(c) for i, c in enumerate(bits)} for task, bits in record["documents"].items()}
+    return {task: {i: float(c) for i, c in enumerate(bits)} for task, bits in record["documents"].items()
+            if task in tasks}
 
 
-def print_paired(results: list[dict], reference: int, split: str = "validation") -> None:
-    """Each row's average minus the reference row's, on the same documents, with the paired standard error."""
-    ref = _documents(results[reference], split)
+def print_paired(results: list[dict], reference: int, split: str = "validation", tasks: tuple[str, ...] = TASKS) -> None:
+    """Each row's average minus the reference row's, on the same documents, with the paired standard error
+    (over `tasks`, by default all five)."""
+    ref = _documents(results[reference], split, tasks)
     if ref is None:
         raise SystemExit(f"row {reference} has no per-document scores on the {split} split; score it again.")
-    print(f"{split} split, paired against row {reference}: {results[reference]['key']}")
+    print(f"{split} split, paired against row {reference}: {results[reference]['key']}; average over {', '.join(tasks)}")
     print("| row | variant | PIQA | HS | WG | ARC-e | ARC-c | avg difference (± paired se) | z |")
     print("|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(results):
-        docs = _documents(r, split)
+        docs = _documents(r, split, tasks)
         if docs is None or i == reference:
             continue
         d = paired_difference(docs, ref)
-        cells = [f"{100 * d.per_task[t]:+.2f}" for t in ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge")]
+        cells = [f"{100 * d.per_task[t]:+.2f}" if t in d.per_task else "" for t in TASKS]
         print(f"| {i} | {r['key']} | " + " | ".join(cells) + f" | {100 * d.difference:+.2f} (± {100 * d.stderr:.2f}) "
               f"| {d.z:+.1f} |")
 
@@ -151,6 +153,9 @@ def main() -> None:
     p.add_argument("--paired", type=int, default=None, metavar="ROW",
                    help="with --table: each row's zero-shot average minus row ROW's, document by document, with the "
                         "paired standard error (rows scored since per-document scores were recorded)")
+    p.add_argument("--paired-tasks", default=",".join(TASKS),
+                   help="with --paired: the tasks averaged (default all five; e.g. leave out winogrande, where the "
+                        "dense model is at chance)")
     p.add_argument("--split", choices=("validation", "test"), default="validation",
                    help="with --zero-shot-saved or --table: the first --limit documents of each task (validation, "
                         "where defaults are chosen) or the next --limit (test, held out)")
@@ -166,7 +171,7 @@ def main() -> None:
     if args.table:
         print_table(done, args.split)
         if args.paired is not None:
-            print_paired(done, args.paired, args.split)
+            print_paired(done, args.paired, args.split, tuple(args.paired_tasks.split(",")))
         return
     if args.zero_shot_saved:
         score_saved(args, done, results_path)
