@@ -113,10 +113,15 @@ def print_table(results: list[dict], split: str = "validation") -> None:
 
 
 def _documents(row: dict, split: str, tasks: tuple[str, ...] = TASKS) -> dict[str, dict[int, float]] | None:
+    """Each document's score by task and document id, on one split or (`both`) on the two together."""
+    if split == "both":
+        parts = [_documents(row, "validation", tasks), _documents(row, "test", tasks)]
+        return None if None in parts else {t: {**parts[0][t], **parts[1][t]} for t in parts[0]}
     record = row.get("test") if split == "test" else row
     if not record or "documents" not in record:
         return None
-    return {task: {i: float(c) for i, c in enumerate(bits)} for task, bits in record["documents"].items()
+    first = record["docs"][0] if split == "test" else 0
+    return {task: {first + i: float(c) for i, c in enumerate(bits)} for task, bits in record["documents"].items()
             if task in tasks}
 
 
@@ -156,9 +161,10 @@ def main() -> None:
     p.add_argument("--paired-tasks", default=",".join(TASKS),
                    help="with --paired: the tasks averaged (default all five; e.g. leave out winogrande, where the "
                         "dense model is at chance)")
-    p.add_argument("--split", choices=("validation", "test"), default="validation",
+    p.add_argument("--split", choices=("validation", "test", "both"), default="validation",
                    help="with --zero-shot-saved or --table: the first --limit documents of each task (validation, "
-                        "where defaults are chosen) or the next --limit (test, held out)")
+                        "where defaults are chosen) or the next --limit (test, held out); with --paired also both "
+                        "together (twice the documents, for the final comparison only)")
     p.add_argument("--rows", default=None, help="with --zero-shot-saved: score only these rows, in this order "
                                                 "(comma-separated indices of --results)")
     p.add_argument("--zero-shot-saved", action="store_true",
@@ -168,8 +174,11 @@ def main() -> None:
     args = p.parse_args()
     results_path = Path(args.results)
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    if args.split == "both" and not (args.table and args.paired is not None):
+        raise SystemExit("--split both is for --table --paired ROW (scores are taken on one split at a time).")
     if args.table:
-        print_table(done, args.split)
+        for split in (("validation", "test") if args.split == "both" else (args.split,)):
+            print_table(done, split)
         if args.paired is not None:
             print_paired(done, args.paired, args.split, tuple(args.paired_tasks.split(",")))
         return
