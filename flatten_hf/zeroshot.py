@@ -187,13 +187,13 @@ def average(scores: list[TaskScore]) -> tuple[float, float]:
     return mean, stderr
 
 
-def document_scores(results: dict, tasks: tuple[str, ...] | list[str] = TASKS) -> dict[str, dict[int, float]]:
+def document_scores(results: dict, tasks: tuple[str, ...] | list[str] | None = None) -> dict[str, dict[int, float]]:
     """Each document's headline score (acc_norm where the task has it, else acc: 1.0 or 0.0), by task and
-    lm-eval doc id, from the raw results of `zero_shot(..., log_samples=True)`."""
+    lm-eval doc id, from the raw results of `zero_shot(..., log_samples=True)` (every task they hold, or `tasks`)."""
     if "samples" not in results:
         raise ValueError("these lm-eval results hold no per-document records; run zero_shot with log_samples=True.")
     scores = {}
-    for task in tasks:
+    for task in tasks or list(results["samples"]):
         records = results["samples"][task]
         metric = "acc_norm" if all("acc_norm" in r for r in records) else "acc"
         scores[task] = {int(r["doc_id"]): float(r[metric]) for r in records}
