@@ -1,8 +1,9 @@
 """Does a method win outside its calibration domain? The validation protocol behind issue 18's choices.
 
-For each variant (a JSON object: `method`, optional `calib_source`, `calib_samples` and `calib_seq_len`,
-`recover_steps` (then `flatten_hf.recover` with its defaults and that many steps), and the method's options), compress the model on `--calib-samples` x 512 tokens of that source (or as
-many sequences of as many tokens as the variant says) and measure, in float32 (bfloat16 is
+For each variant (a JSON object: `method`, the method's options, and optionally `calib_source`,
+`calib_samples`, `calib_seq_len` and `recover_steps`), compress the model on `--calib-samples` x 512 tokens
+of that source (or as many sequences of as many tokens as the variant says), then, with `recover_steps`,
+run `flatten_hf.recover` with its defaults for that many steps, and measure, in float32 (bfloat16 is
 emulated, and several times slower, on CPUs without AVX512-BF16):
 
 - perplexity on the first `--windows` 512-token windows of the Wikipedia evaluation part (the default

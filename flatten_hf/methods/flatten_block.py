@@ -221,9 +221,13 @@ class GroupFlattener:
         return self._sources(kv_groups, keep.tolist()), state, targets, report
 
 
+def _weighted_energy(x: torch.Tensor, reference: torch.Tensor, weighting: str) -> float:
+    """Squared norm of `x`, each token's divided by its `reference` token's squared RMS with 'norm'."""
+    return ((_tokens(x) / token_scale(reference, weighting)) ** 2).sum().item()
+
+
 def _block_error(outputs: list[torch.Tensor], targets: list[torch.Tensor], weighting: str) -> float:
-    """Squared error of a block's outputs, each token's divided by its target's squared RMS with 'norm'."""
-    return sum(((_tokens(o - t) / token_scale(t, weighting)) ** 2).sum().item() for o, t in zip(outputs, targets))
+    return sum(_weighted_energy(o.float() - t.float(), t, weighting) for o, t in zip(outputs, targets))
 
 
 @torch.no_grad()
@@ -262,7 +266,7 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
         judge = held
         judge_targets = targets[n_fit:] if targets is not None else [
             flattener._run_members(x, flattener._kwargs(kw))[0] for x, kw in held.iter_batches()]
-    target_sq = sum(((_tokens(t) / token_scale(t, config.token_weighting)) ** 2).sum().item() for t in judge_targets)
+    target_sq = sum(_weighted_energy(t, t, config.token_weighting) for t in judge_targets)
     best, errors = None, {}
     for name, srcs, st in candidates:
         sizes = (sum(len(getattr(s, f)) for s in srcs) for f in ("q_heads", "kv_heads", "mlp_channels"))
