@@ -49,9 +49,10 @@ def measure(name: str, format: str, n_windows: int, python: str | None, json_pat
 
 
 def table(rows: list[dict], format: str) -> str:
-    name = {"onnx": ("ONNX", "ORT"), "openvino": ("OpenVINO", "OV")}[format]
-    lines = [f"| model | layers | widths | {name[0]} size (MiB) | Wikipedia ppl {name[1]} (transformers) | LAMBADA ppl "
-             f"{name[1]} (transformers) | max logit diff | greedy identical |", "|---|---|---|---|---|---|---|---|"]
+    tool = OPTIMUM_TOOLS[format]
+    lines = [f"| model | layers | widths | {tool.title} size (MiB) | Wikipedia ppl {tool.runtime} (transformers) | "
+             f"LAMBADA ppl {tool.runtime} (transformers) | max logit diff | greedy identical |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {Path(r['model']).name} | {r['layers']} | {'per-layer' if r['per_layer'] else 'stock'} | "
                      f"{r['size_mib']:.0f} | {r['wikipedia']:.2f} ({r['wikipedia_transformers']:.2f}) | "

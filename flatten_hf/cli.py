@@ -709,7 +709,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import resolve_model_path
-    from .export import export, export_bytes
+    from .export import OPTIMUM_TOOLS, export, export_bytes
 
     path = resolve_model_path(args.model)
     if not Path(path).is_dir():
@@ -717,7 +717,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = export(path, args.out, args.format, quantize=args.quantize, llama_cpp=args.llama_cpp, python=args.python,
                  overwrite=args.overwrite)
     size = export_bytes(out)
-    what = f"{args.quantize or 'f16'} GGUF" if args.format == "gguf" else {"onnx": "ONNX", "openvino": "OpenVINO IR"}[args.format]
+    what = f"{args.quantize or 'f16'} GGUF" if args.format == "gguf" else OPTIMUM_TOOLS[args.format].title
     print(f"{what} of {path}: {size / 2**20:.1f} MiB; saved to {out.resolve()}")
     return 0
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -24,10 +25,20 @@ from .checkpoint import _CHECKPOINT_FILES
 from .gguf_export import export_gguf
 
 
+@functools.lru_cache(maxsize=None)
+def _imports(python: str, modules: str) -> bool:
+    """Whether the interpreter `python` imports `modules`: checked once per process (importing optimum takes
+    seconds, and an export, its check and its perplexity each need the interpreter)."""
+    return Path(python).is_file() and subprocess.run([python, "-c", f"import {modules}"],
+                                                     capture_output=True).returncode == 0
+
+
 @dataclass(frozen=True)
 class OptimumTool:
     """An optimum exporter that pins its own transformers, so it runs `script` in an environment of its own."""
 
+    title: str  # what the export is called in messages and tables ("ONNX")
+    runtime: str  # what runs it ("ONNX Runtime")
     tool: str  # the package the user installs there, as the messages name it
     script: str  # next to this file; self-contained (torch, transformers, optimum, optimum_script.py)
     python_env: str  # the variable naming that environment's Python
@@ -44,9 +55,7 @@ class OptimumTool:
                 f"This export runs {self.tool}, which pins another transformers and so needs its own environment: "
                 f"pass --python ENV/bin/python (python -m venv ENV && ENV/bin/pip install {self.install}) or set "
                 f"{self.python_env}.")
-        probe = subprocess.run([str(where), "-c", f"import {self.probe}"], capture_output=True,
-                               text=True) if Path(where).is_file() else None
-        if probe is None or probe.returncode != 0:
+        if not _imports(str(where), self.probe):
             raise FileNotFoundError(f"--python {where} is not a Python with {self.tool} installed.")
         return str(where)
 
@@ -61,10 +70,10 @@ class OptimumTool:
 
 
 OPTIMUM_TOOLS = {
-    "onnx": OptimumTool("optimum-onnx", "onnx_export.py", "FLATTEN_HF_ONNX_PYTHON",
+    "onnx": OptimumTool("ONNX", "ONNX Runtime", "optimum-onnx", "onnx_export.py", "FLATTEN_HF_ONNX_PYTHON",
                         "optimum.exporters.onnx, onnxruntime", "optimum-onnx onnxruntime", "model.onnx",
                         re.compile(r"^model\.onnx(_data)?$")),
-    "openvino": OptimumTool("optimum-intel", "openvino_export.py", "FLATTEN_HF_OPENVINO_PYTHON",
+    "openvino": OptimumTool("OpenVINO IR", "OpenVINO", "optimum-intel", "openvino_export.py", "FLATTEN_HF_OPENVINO_PYTHON",
                             "optimum.intel.openvino, openvino", "'optimum-intel[openvino]'", "openvino_model.xml",
                             re.compile(r"^openvino_model\.(xml|bin)$")),
 }
