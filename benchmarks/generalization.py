@@ -129,6 +129,11 @@ def _documents(row: dict, split: str, tasks: tuple[str, ...] = TASKS) -> dict[st
 def print_paired(results: list[dict], reference: int, split: str = "validation", tasks: tuple[str, ...] = TASKS) -> None:
     """Each row's average minus the reference row's, on the same documents, with the paired standard error
     (over `tasks`, by default all five)."""
+    if not 0 <= reference < len(results):
+        raise SystemExit(f"--paired {reference}: {len(results)} rows in --results, numbered from 0.")
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise SystemExit(f"--paired-tasks {','.join(unknown)}: not among the tasks ({','.join(TASKS)}).")
     ref = _documents(results[reference], split, tasks)
     if ref is None:
         raise SystemExit(f"row {reference} has no per-document scores on the {split} split; score it again.")
