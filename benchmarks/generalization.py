@@ -1,10 +1,11 @@
 """Does a method win outside its calibration domain? The validation protocol behind issue 18's choices.
 
 For each variant (a JSON object: `method`, the method's options, and optionally `calib_source`,
-`calib_samples`, `calib_seq_len` and `recover_steps`), compress the model on `--calib-samples` x 512 tokens
-of that source (or as many sequences of as many tokens as the variant says), then, with `recover_steps`,
-run `flatten_hf.recover` with its defaults for that many steps, and measure, in float32 (bfloat16 is
-emulated, and several times slower, on CPUs without AVX512-BF16):
+`calib_samples`, `calib_seq_len`, `recover_steps` and `quantize`), compress the model on `--calib-samples`
+x 512 tokens of that source (or as many sequences of as many tokens as the variant says), then, with
+`recover_steps`, run `flatten_hf.recover` with its defaults for that many steps, with `quantize` (`int8` or
+`int4`) quantize its linear weights with optimum-quanto as `flatten-hf eval --quantize` does, and measure,
+with float32 activations (bfloat16 is emulated, and several times slower, on CPUs without AVX512-BF16):
 
 - perplexity on the first `--windows` 512-token windows of the Wikipedia evaluation part (the default
   calibration domain) and of the LAMBADA fiction evaluation part (never used for calibration);
@@ -41,6 +42,7 @@ import torch
 import flatten_hf
 from flatten_hf.compression import CalibrationConfig, calibration_data
 from flatten_hf.data import evaluation_ids
+from flatten_hf.quantization import quantize_weights
 from flatten_hf.zeroshot import TASKS, average, document_scores, paired_difference, zero_shot
 
 
@@ -203,6 +205,7 @@ def main() -> None:
         variant = dict(todo[0])
         start = time.perf_counter()
         method = variant.pop("method")
+        weights = variant.pop("quantize", None)
         if method == "dense":
             compressed = model
         else:
@@ -221,7 +224,9 @@ def main() -> None:
             if recover_steps:  # distil the dense model back in (trained in place: never on tensors it shares)
                 compressed = flatten_hf.recover(copy.deepcopy(compressed), model, tokenizer=tokenizer,
                                                 config=flatten_hf.RecoveryConfig(steps=recover_steps))
-        if args.save_dir and method != "dense":
+        if weights:  # on a copy: a dense row's model is the one every later variant is compressed from
+            compressed = quantize_weights(copy.deepcopy(compressed), weights)
+        if args.save_dir and method != "dense" and not weights:
             flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer,
                                        card_writer=flatten_hf.write_card)
         row = {"key": key_of(todo[0]), "layers": compressed.config.num_hidden_layers,

@@ -5,13 +5,19 @@ and int4 with the LM head quantized too (what quanto does when asked for every l
 on the evaluation part of the Wikipedia text (never used for calibration) and on LAMBADA passages (another
 domain), 512-token windows; size is the safetensors weights `flatten-hf quantize` writes.
 
+With `--sensitivity`, where a model's int4 loss comes from instead: int4 applied to one decoder layer at a
+time, then to one kind of projection across all layers (everything else float32), each row's Wikipedia
+perplexity as a multiple of the float32 model's.
+
     python benchmarks/quantization.py smollm2-135m --windows 8
     python benchmarks/quantization.py out/smollm2-shortgpt out/smollm2-flattengpt --windows 8 --variants float32 int8 int4
+    python benchmarks/quantization.py smollm2-135m out/smollm2-shortgpt --windows 8 --sensitivity
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 from pathlib import Path
@@ -22,11 +28,12 @@ from flatten_hf.bench import folder_bytes
 from flatten_hf.checkpoint import load_model
 from flatten_hf.data import evaluation_ids
 from flatten_hf.perplexity import perplexity
-from flatten_hf.quantization import save_quantized
+from flatten_hf.quantization import quantize_weights, save_quantized
 
 VARIANTS = (("float32", None, True), ("int8", "int8", True), ("int4", "int4", True),
             ("int4, LM head too", "int4", False))
 SOURCES = ("wikipedia", "lambada")
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def measure(name: str, windows: int, variants: list[str], json_path: str | None = None) -> list[dict]:
@@ -65,6 +72,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def sensitivity(name: str, windows: int, weights: str = "int4") -> str:
+    """Wikipedia perplexity with `weights` applied to one part of the model at a time, as a multiple of
+    float32's: each decoder layer on its own, then each projection kind across every layer, then all."""
+    model, tokenizer = load_model(name)
+    ids = evaluation_ids(tokenizer, "wikipedia")
+    parts = [(f"layer {i}", [f"model.layers.{i}.*"]) for i in range(model.config.num_hidden_layers)]
+    parts += [(f"every {p}", [f"*.{p}"]) for p in PROJECTIONS] + [("every linear layer", None)]
+
+    def ppl(m) -> float:
+        with torch.no_grad():
+            return perplexity(m, ids, 512, batch_size=1, max_windows=windows)
+
+    base = ppl(model)
+    lines = [f"{Path(name).name}: float32 Wikipedia perplexity {base:.2f}; {weights} applied to one part at a time",
+             "| part | ppl | x float32 |", "|---|---|---|"]
+    for label, include in parts:
+        value = ppl(quantize_weights(copy.deepcopy(model), weights, include=include))
+        lines.append(f"| {label} | {value:.2f} | {value / base:.3f} |")
+        print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="checkpoints or asset names")
@@ -72,7 +101,12 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=[v[0] for v in VARIANTS], choices=[v[0] for v in VARIANTS],
                    help="which weight variants to measure (default all)")
     p.add_argument("--json", default=None, help="also append the rows to this JSON-lines file")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="instead: int4 on one decoder layer, then one projection kind, at a time (Wikipedia only)")
     args = p.parse_args()
+    if args.sensitivity:
+        print("\n\n".join(sensitivity(name, args.windows) for name in args.models))
+        return
     rows = [row for name in args.models for row in measure(name, args.windows, args.variants, args.json)]
     print(table(rows))
 

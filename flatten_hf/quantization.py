@@ -43,13 +43,17 @@ def _exclude(keep_lm_head: bool) -> list[str] | None:
     return ["lm_head"] if keep_lm_head else None
 
 
-def quantize_weights(model: PreTrainedModel, weights: str = "int8", keep_lm_head: bool = True) -> PreTrainedModel:
+def quantize_weights(model: PreTrainedModel, weights: str = "int8", keep_lm_head: bool = True,
+                     include: list[str] | None = None) -> PreTrainedModel:
     """Quantize the weights of `model`'s linear layers in place (int8 per output channel, int4 in groups
-    of 128) and freeze them; activations stay in the model's dtype. Returns `model`."""
+    of 128) and freeze them; activations stay in the model's dtype. Returns `model`.
+
+    `include` (fnmatch patterns of module names, e.g. `model.layers.3.*` or `*.down_proj`) quantizes only
+    those modules: how a quantization loss is traced to the layers and projections that cause it."""
     require_quanto()
     from optimum.quanto import freeze, quantize
 
-    quantize(model, weights=_qtype(weights), exclude=_exclude(keep_lm_head))
+    quantize(model, weights=_qtype(weights), include=include, exclude=_exclude(keep_lm_head))
     freeze(model)
     return model
 

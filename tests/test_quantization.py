@@ -43,6 +43,19 @@ def test_quantized_logits_stay_close_and_the_lm_head_is_kept(checkpoints):
         assert 0 < errors["int8"] < 0.02 and errors["int8"] < errors["int4"] < 1, errors
 
 
+def test_include_quantizes_only_the_named_modules(checkpoints):
+    """`include` is how the benchmark traces an int4 loss to one layer or projection: only those change."""
+    tmp_path, _, _ = checkpoints
+    m = flatten_hf.load_model(str(tmp_path / "dense"))[0]
+    quantize_weights(m, "int4", include=["*.down_proj"])
+    for layer in m.model.layers:
+        assert type(layer.mlp.down_proj) is not torch.nn.Linear
+        assert type(layer.mlp.up_proj) is torch.nn.Linear and type(layer.self_attn.q_proj) is torch.nn.Linear
+    m = flatten_hf.load_model(str(tmp_path / "dense"))[0]
+    quantize_weights(m, "int4", include=["model.layers.1.*"])
+    assert [type(layer.mlp.down_proj) is torch.nn.Linear for layer in m.model.layers][:2] == [True, False]
+
+
 def test_quantize_command_saves_a_checkpoint_that_ppl_loads(checkpoints, capsys):
     tmp_path, _, _ = checkpoints
     for name in ("dense", "per-layer"):
