@@ -27,6 +27,7 @@ variants can be added while it runs (the variants file is re-read after each one
 Usage:
     python benchmarks/generalization.py --variants benchmarks/variants.jsonl --results runs/gen.jsonl
     python benchmarks/generalization.py --results runs/gen.jsonl --table   # print the table only
+    python benchmarks/generalization.py --results runs/gen.jsonl --table --quantized   # quantized vs float32
 """
 
 from __future__ import annotations
@@ -152,6 +153,36 @@ def print_paired(results: list[dict], reference: int, split: str = "validation",
               f"| {d.z:+.1f} |")
 
 
+def _without_quantize(key: str) -> tuple[str, str | None]:
+    """A variant's key without its `quantize` option, and that option (None for float32 weights)."""
+    variant = json.loads(key)
+    weights = variant.pop("quantize", None)
+    return key_of(variant), weights
+
+
+def print_quantized(results: list[dict], split: str = "validation") -> None:
+    """Each `quantize` variant next to the same variant in float32: perplexities, zero-shot average, and
+    the quantization's cost on the same documents (its average minus float32's, with the paired standard
+    error): the extra loss of quantizing a compressed model, to set against the dense model's."""
+    by_key = {r["key"]: r for r in results}
+    quantized = {_without_quantize(r["key"])[0] for r in results if _without_quantize(r["key"])[1]}
+    print(f"{split} split: quantized weights against the same model in float32")
+    print("| variant | weights | ppl wikipedia | ppl lambada | avg | avg - float32 (± paired se) |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        key, weights = _without_quantize(r["key"])
+        if key not in quantized or key not in by_key:
+            continue
+        record = r.get("test") if split == "test" else r
+        docs, ref = _documents(r, split), _documents(by_key[key], split)
+        cost = ""
+        if weights and docs is not None and ref is not None:
+            d = paired_difference(docs, ref)
+            cost = f"{100 * d.difference:+.2f} (± {100 * d.stderr:.2f})"
+        avg = f"{record['avg']:.2f}" if record and "avg" in record else ""
+        print(f"| {key} | {weights or 'float32'} | {r['ppl_wikipedia']:.2f} | {r['ppl_lambada']:.2f} | {avg} | {cost} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="asset name or checkpoint (default smollm2-135m)")
@@ -166,6 +197,9 @@ def main() -> None:
     p.add_argument("--paired", type=int, default=None, metavar="ROW",
                    help="with --table: each row's zero-shot average minus row ROW's, document by document, with the "
                         "paired standard error (rows scored since per-document scores were recorded)")
+    p.add_argument("--quantized", action="store_true",
+                   help="with --table: each variant with a `quantize` option against the same variant in float32, "
+                        "paired document by document (the extra loss of quantizing it)")
     p.add_argument("--paired-tasks", default=",".join(TASKS),
                    help="with --paired: the tasks averaged (default all five; e.g. leave out winogrande, where the "
                         "dense model is at chance)")
@@ -189,6 +223,8 @@ def main() -> None:
             print_table(done, split)
         if args.paired is not None:
             print_paired(done, args.paired, args.split, tuple(args.paired_tasks.split(",")))
+        if args.quantized:
+            print_quantized(done, "validation" if args.split == "both" else args.split)
         return
     if args.zero_shot_saved:
         score_saved(args, done, results_path)
