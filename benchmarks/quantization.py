@@ -12,6 +12,7 @@ perplexity as a multiple of the float32 model's.
     python benchmarks/quantization.py smollm2-135m --windows 8
     python benchmarks/quantization.py out/smollm2-shortgpt out/smollm2-flattengpt --windows 8 --variants float32 int8 int4
     python benchmarks/quantization.py smollm2-135m out/smollm2-shortgpt --windows 8 --sensitivity
+    python benchmarks/quantization.py out/smollm2-shortgpt --windows 8 --sensitivity --float-layers 11,12,13
 """
 
 from __future__ import annotations
@@ -72,13 +73,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def sensitivity(name: str, windows: int, weights: str = "int4") -> str:
+def sensitivity(name: str, windows: int, weights: str = "int4", float_layers: tuple[int, ...] = ()) -> str:
     """Wikipedia perplexity with `weights` applied to one part of the model at a time, as a multiple of
-    float32's: each decoder layer on its own, then each projection kind across every layer, then all."""
+    float32's: each decoder layer on its own, then each projection kind across every layer, then all, then
+    (with `float_layers`) all but those decoder layers, which stay float32."""
     model, tokenizer = load_model(name)
     ids = evaluation_ids(tokenizer, "wikipedia")
     parts = [(f"layer {i}", [f"model.layers.{i}.*"]) for i in range(model.config.num_hidden_layers)]
     parts += [(f"every {p}", [f"*.{p}"]) for p in PROJECTIONS] + [("every linear layer", None)]
+    if float_layers:
+        kept = set(float_layers)
+        parts.append((f"every linear layer but layers {', '.join(map(str, sorted(kept)))}",
+                      [f"model.layers.{i}.*" for i in range(model.config.num_hidden_layers) if i not in kept]))
 
     def ppl(m) -> float:
         with torch.no_grad():
@@ -103,9 +109,13 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also append the rows to this JSON-lines file")
     p.add_argument("--sensitivity", action="store_true",
                    help="instead: int4 on one decoder layer, then one projection kind, at a time (Wikipedia only)")
+    p.add_argument("--float-layers", default="", metavar="I,J,...",
+                   help="with --sensitivity: a last row with int4 everywhere but these decoder layers (e.g. the "
+                        "layers at a pruned model's cut, which the per-layer rows show most sensitive)")
     args = p.parse_args()
     if args.sensitivity:
-        print("\n\n".join(sensitivity(name, args.windows) for name in args.models))
+        float_layers = tuple(int(i) for i in args.float_layers.split(",") if i)
+        print("\n\n".join(sensitivity(name, args.windows, float_layers=float_layers) for name in args.models))
         return
     rows = [row for name in args.models for row in measure(name, args.windows, args.variants, args.json)]
     print(table(rows))
