@@ -7,12 +7,14 @@ domain), 512-token windows; size is the safetensors weights `flatten-hf quantize
 
 With `--sensitivity`, where a model's int4 loss comes from instead: int4 applied to one decoder layer at a
 time, then to one kind of projection across all layers (everything else float32), each row's Wikipedia
-perplexity as a multiple of the float32 model's.
+perplexity as a multiple of the float32 model's. With `--weight-error`, each layer's relative int4 error
+of the weights themselves.
 
     python benchmarks/quantization.py smollm2-135m --windows 8
     python benchmarks/quantization.py out/smollm2-shortgpt out/smollm2-flattengpt --windows 8 --variants float32 int8 int4
     python benchmarks/quantization.py smollm2-135m out/smollm2-shortgpt --windows 8 --sensitivity
     python benchmarks/quantization.py out/smollm2-shortgpt --windows 8 --sensitivity --float-layers 11,12,13
+    python benchmarks/quantization.py smollm2-135m out/smollm2-flattengpt --weight-error
 """
 
 from __future__ import annotations
@@ -100,6 +102,26 @@ def sensitivity(name: str, windows: int, weights: str = "int4", float_layers: tu
     return "\n".join(lines)
 
 
+def weight_error(name: str, weights: str = "int4") -> str:
+    """Each decoder layer's relative weight error ||Q(W) - W|| / ||W|| under `weights`, by projection: whether
+    a method's refitted weights are harder to quantize than the ones it kept (no data, no forward pass)."""
+    model, _ = load_model(name)
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")}
+    quantize_weights(model, weights)
+    lines = [f"{Path(name).name}: relative {weights} weight error (%)",
+             "| layer | " + " | ".join(PROJECTIONS) + " |", "|---" * (len(PROJECTIONS) + 1) + "|"]
+    for i in range(model.config.num_hidden_layers):
+        cells = []
+        for projection in PROJECTIONS:
+            key = next(n for n in original if n.startswith(f"model.layers.{i}.") and n.endswith(f".{projection}"))
+            w = original[key]
+            q = model.get_submodule(key).qweight.dequantize().to(w.dtype)
+            cells.append(f"{100 * ((q - w).norm() / w.norm()).item():.2f}")
+        lines.append(f"| {i} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="checkpoints or asset names")
@@ -112,7 +134,12 @@ def main() -> None:
     p.add_argument("--float-layers", default="", metavar="I,J,...",
                    help="with --sensitivity: a last row with int4 everywhere but these decoder layers (e.g. the "
                         "layers at a pruned model's cut, which the per-layer rows show most sensitive)")
+    p.add_argument("--weight-error", action="store_true",
+                   help="instead: each layer's relative int4 weight error by projection (no data needed)")
     args = p.parse_args()
+    if args.weight_error:
+        print("\n\n".join(weight_error(name) for name in args.models))
+        return
     if args.sensitivity:
         float_layers = tuple(int(i) for i in args.float_layers.split(",") if i)
         print("\n\n".join(sensitivity(name, args.windows, float_layers=float_layers) for name in args.models))
