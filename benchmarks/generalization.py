@@ -160,27 +160,47 @@ def _without_quantize(key: str) -> tuple[str, str | None]:
     return key_of(variant), weights
 
 
+def _quantization_cost(row: dict, base: dict, split: str) -> dict[str, dict[int, float]] | None:
+    """Per document, the quantized row's score minus the same variant's float32 score (-1, 0 or +1)."""
+    docs, ref = _documents(row, split), _documents(base, split)
+    if docs is None or ref is None:
+        return None
+    return {task: {i: v - ref[task][i] for i, v in scores.items() if i in ref[task]} for task, scores in docs.items()}
+
+
 def print_quantized(results: list[dict], split: str = "validation") -> None:
-    """Each `quantize` variant next to the same variant in float32: perplexities, zero-shot average, and
-    the quantization's cost on the same documents (its average minus float32's, with the paired standard
-    error): the extra loss of quantizing a compressed model, to set against the dense model's."""
+    """Each `quantize` variant next to the same variant in float32: perplexities, zero-shot average, the
+    quantization's cost on the same documents (its average minus float32's, with the paired standard error)
+    and that cost minus the dense model's cost in the same weights, document by document: the *extra*
+    loss of quantizing a compressed model, which says whether depth pruning and quantization compose."""
     by_key = {r["key"]: r for r in results}
     quantized = {_without_quantize(r["key"])[0] for r in results if _without_quantize(r["key"])[1]}
+    dense_cost = {}
+    for r in results:
+        key, weights = _without_quantize(r["key"])
+        if weights and json.loads(key)["method"] == "dense" and key in by_key:
+            dense_cost[weights] = _quantization_cost(r, by_key[key], split)
     print(f"{split} split: quantized weights against the same model in float32")
-    print("| variant | weights | ppl wikipedia | ppl lambada | avg | avg - float32 (± paired se) |")
-    print("|---|---|---|---|---|---|")
+    print("| variant | weights | ppl wikipedia | ppl lambada | avg | avg - float32 (± paired se) "
+          "| that, minus dense's (± paired se) |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         key, weights = _without_quantize(r["key"])
         if key not in quantized or key not in by_key:
             continue
         record = r.get("test") if split == "test" else r
-        docs, ref = _documents(r, split), _documents(by_key[key], split)
-        cost = ""
-        if weights and docs is not None and ref is not None:
-            d = paired_difference(docs, ref)
-            cost = f"{100 * d.difference:+.2f} (± {100 * d.stderr:.2f})"
+        cost = _quantization_cost(r, by_key[key], split) if weights else None
+        cells = ["", ""]
+        if cost is not None:
+            zero = {task: dict.fromkeys(scores, 0.0) for task, scores in cost.items()}
+            d = paired_difference(cost, zero)
+            cells[0] = f"{100 * d.difference:+.2f} (± {100 * d.stderr:.2f})"
+            if dense_cost.get(weights) is not None and json.loads(key)["method"] != "dense":
+                e = paired_difference(cost, dense_cost[weights])
+                cells[1] = f"{100 * e.difference:+.2f} (± {100 * e.stderr:.2f})"
         avg = f"{record['avg']:.2f}" if record and "avg" in record else ""
-        print(f"| {key} | {weights or 'float32'} | {r['ppl_wikipedia']:.2f} | {r['ppl_lambada']:.2f} | {avg} | {cost} |")
+        print(f"| {key} | {weights or 'float32'} | {r['ppl_wikipedia']:.2f} | {r['ppl_lambada']:.2f} | {avg} | "
+              + " | ".join(cells) + " |")
 
 
 def main() -> None:
