@@ -51,6 +51,13 @@ def key_of(variant: dict) -> str:
     return json.dumps(variant, sort_keys=True)
 
 
+def _without_quantize(key: str) -> tuple[str, str | None]:
+    """A variant's key without its `quantize` option, and that option (None for float32 weights)."""
+    variant = json.loads(key)
+    weights = variant.pop("quantize", None)
+    return key_of(variant), weights
+
+
 def zero_shot_record(model, tokenizer, limit: int | None, docs: tuple[int, int] | None = None,
                      cache: str | None = None) -> dict:
     """The five tasks' scores, their average, and each document's score (a string of 0/1 per task, in
@@ -82,9 +89,14 @@ def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) 
     for index in indices:
         if index is None or (done[index].get("test") if test else "tasks" in done[index]):
             continue
-        dense = json.loads(done[index]["key"])["method"] == "dense"
-        path = args.model if dense else str(Path(args.save_dir) / str(index))
-        model, tokenizer = flatten_hf.load_model(path, dtype=torch.float32)
+        key, weights = _without_quantize(done[index]["key"])  # a quantized row: its float32 row's checkpoint
+        source = next((i for i, r in enumerate(done) if r["key"] == key), None)
+        dense = json.loads(key)["method"] == "dense"
+        if source is None and not dense:
+            raise SystemExit(f"row {index} quantizes a variant that has no float32 row with a saved checkpoint; "
+                             "add that variant first.")
+        path = args.model if dense else str(Path(args.save_dir) / str(source))
+        model, tokenizer = flatten_hf.load_model(path, dtype=torch.float32, quantize=weights)
         start = time.perf_counter()
         docs = (args.limit, 2 * args.limit) if test else None
         tag = f"{args.limit}-{2 * args.limit}" if test else str(args.limit)
@@ -151,13 +163,6 @@ def print_paired(results: list[dict], reference: int, split: str = "validation",
         cells = [f"{100 * d.per_task[t]:+.2f}" if t in d.per_task else "" for t in TASKS]
         print(f"| {i} | {r['key']} | " + " | ".join(cells) + f" | {100 * d.difference:+.2f} (± {100 * d.stderr:.2f}) "
               f"| {d.z:+.1f} |")
-
-
-def _without_quantize(key: str) -> tuple[str, str | None]:
-    """A variant's key without its `quantize` option, and that option (None for float32 weights)."""
-    variant = json.loads(key)
-    weights = variant.pop("quantize", None)
-    return key_of(variant), weights
 
 
 def _quantization_cost(row: dict, base: dict, split: str) -> dict[str, dict[int, float]] | None:
@@ -231,8 +236,8 @@ def main() -> None:
                                                 "(comma-separated indices of --results)")
     p.add_argument("--zero-shot-saved", action="store_true",
                    help="score the rows of --results that have no zero-shot numbers yet, on the first --limit "
-                        "documents, from their checkpoints in --save-dir (row n in SAVE_DIR/<n>), in the order "
-                        "of --variants; the rows are rewritten in place")
+                        "documents, from their checkpoints in --save-dir (row n in SAVE_DIR/<n>; a quantized row "
+                        "quantizes its float32 row's), in the order of --variants; the rows are rewritten in place")
     args = p.parse_args()
     results_path = Path(args.results)
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
