@@ -137,6 +137,8 @@ def main() -> None:
     p.add_argument("--weight-error", action="store_true",
                    help="instead: each layer's relative int4 weight error by projection (no data needed)")
     args = p.parse_args()
+    if args.float_layers and not args.sensitivity:
+        p.error("--float-layers is a row of --sensitivity; add --sensitivity.")
     if args.weight_error:
         print("\n\n".join(weight_error(name) for name in args.models))
         return
