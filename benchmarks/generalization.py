@@ -179,22 +179,20 @@ def print_quantized(results: list[dict], split: str = "validation") -> None:
     and that cost minus the dense model's cost in the same weights, document by document: the *extra*
     loss of quantizing a compressed model, which says whether depth pruning and quantization compose."""
     by_key = {r["key"]: r for r in results}
-    quantized = {_without_quantize(r["key"])[0] for r in results if _without_quantize(r["key"])[1]}
-    dense_cost = {}
-    for r in results:
-        key, weights = _without_quantize(r["key"])
-        if weights and json.loads(key)["method"] == "dense" and key in by_key:
-            dense_cost[weights] = _quantization_cost(r, by_key[key], split)
+    rows = [(r, *_without_quantize(r["key"])) for r in results]
+    costs = {(key, weights): _quantization_cost(r, by_key[key], split)
+             for r, key, weights in rows if weights and key in by_key}
+    dense_cost = {weights: cost for (key, weights), cost in costs.items() if json.loads(key)["method"] == "dense"}
+    quantized = {key for key, _ in costs}
     print(f"{split} split: quantized weights against the same model in float32")
     print("| variant | weights | ppl wikipedia | ppl lambada | avg | avg - float32 (± paired se) "
           "| that, minus dense's (± paired se) |")
     print("|---|---|---|---|---|---|---|")
-    for r in results:
-        key, weights = _without_quantize(r["key"])
-        if key not in quantized or key not in by_key:
+    for r, key, weights in rows:
+        if key not in quantized:
             continue
         record = r.get("test") if split == "test" else r
-        cost = _quantization_cost(r, by_key[key], split) if weights else None
+        cost = costs.get((key, weights))
         cells = ["", ""]
         if cost is not None:
             zero = {task: dict.fromkeys(scores, 0.0) for task, scores in cost.items()}
@@ -285,7 +283,7 @@ def main() -> None:
             if recover_steps:  # distil the dense model back in (trained in place: never on tensors it shares)
                 compressed = flatten_hf.recover(copy.deepcopy(compressed), model, tokenizer=tokenizer,
                                                 config=flatten_hf.RecoveryConfig(steps=recover_steps))
-        if weights:  # on a copy: a dense row's model is the one every later variant is compressed from
+        if weights:  # on a copy: the dense model, which every later variant starts from, may be this model or share its tensors
             compressed = quantize_weights(copy.deepcopy(compressed), weights)
         if args.save_dir and method != "dense" and not weights:
             flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer,
