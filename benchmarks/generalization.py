@@ -43,7 +43,7 @@ import torch
 import flatten_hf
 from flatten_hf.compression import CalibrationConfig, calibration_data
 from flatten_hf.data import evaluation_ids
-from flatten_hf.quantization import quantize_weights
+from flatten_hf.quantization import WEIGHT_TYPES, quantize_weights
 from flatten_hf.zeroshot import TASKS, average, document_scores, paired_difference, zero_shot
 
 
@@ -239,6 +239,8 @@ def main() -> None:
     args = p.parse_args()
     results_path = Path(args.results)
     done = [json.loads(line) for line in results_path.read_text().splitlines()] if results_path.exists() else []
+    if args.quantized and not args.table:
+        raise SystemExit("--quantized is a table of --results: add --table.")
     if args.split == "both" and not (args.table and args.paired is not None):
         raise SystemExit("--split both is for --table --paired ROW (scores are taken on one split at a time).")
     if args.table:
@@ -265,6 +267,8 @@ def main() -> None:
         start = time.perf_counter()
         method = variant.pop("method")
         weights = variant.pop("quantize", None)
+        if weights not in (None, *WEIGHT_TYPES):
+            raise SystemExit(f"variant {todo[0]}: quantize must be one of {', '.join(WEIGHT_TYPES)}, got {weights!r}.")
         if method == "dense":
             compressed = model
         else:
