@@ -15,6 +15,10 @@ with float32 activations (bfloat16 is emulated, and several times slower, on CPU
   published numbers are the full tasks (`flatten-hf eval`), never this split alone.
 - with `--split test`, documents [`--limit`, 2 x `--limit`) of each task instead: the held-out *test*
   split, disjoint from the validation one, scored once the defaults are fixed and never used to choose.
+- with `--documents shuffled`, both splits are taken from a seeded random order of each task's documents
+  instead of its file order: a task's first documents are not a sample of it (HellaSwag lists all its
+  ActivityNet contexts first: its first 600 documents contain none of the WikiHow ones that make up
+  68% of it, and on which depth compression costs the most).
 
 Every zero-shot record keeps each document's score, and `--table --paired ROW` prints every row's
 average minus ROW's on the same documents with the *paired* standard error: methods compressed from one
@@ -44,7 +48,15 @@ import flatten_hf
 from flatten_hf.compression import CalibrationConfig, calibration_data
 from flatten_hf.data import evaluation_ids
 from flatten_hf.quantization import WEIGHT_TYPES, quantize_weights
-from flatten_hf.zeroshot import TASKS, average, document_scores, paired_difference, zero_shot
+from flatten_hf.zeroshot import (
+    TASKS,
+    average,
+    document_scores,
+    paired_difference,
+    sample_documents,
+    task_sizes,
+    zero_shot,
+)
 
 
 def key_of(variant: dict) -> str:
@@ -58,24 +70,43 @@ def _without_quantize(key: str) -> tuple[str, str | None]:
     return key_of(variant), weights
 
 
-def zero_shot_record(model, tokenizer, limit: int | None, docs: tuple[int, int] | None = None,
+def split_documents(documents: str, limit: int, test: bool) -> tuple[int | None, tuple[int, int] | dict | None]:
+    """The zero-shot `limit` and `docs` of a split: the first `limit` documents of each task and the next
+    `limit` (`first`), or the same two ranges of a seeded random order of each task (`shuffled`)."""
+    if documents == "shuffled":
+        return None, sample_documents(task_sizes(), limit if test else 0, 2 * limit if test else limit)
+    return (None, (limit, 2 * limit)) if test else (limit, None)
+
+
+def zero_shot_record(model, tokenizer, limit: int | None, docs: tuple[int, int] | dict | None = None,
                      cache: str | None = None) -> dict:
     """The five tasks' scores, their average, and each document's score (a string of 0/1 per task, in
-    document order from the split's first document), so that any two rows can be compared pairwise."""
+    document order from the split's first document, or with `docs` a sample, in the order of the sample's
+    sorted `doc_ids`, which the record then keeps), so that any two rows can be compared pairwise."""
     scores, raw = zero_shot(model, tokenizer, limit=limit, docs=docs, batch_size=32, cache=cache, log_samples=True)
     record = {"tasks": {s.task: round(100 * s.headline, 2) for s in scores}}
     record["avg"], record["avg_stderr"] = (round(100 * v, 2) for v in average(scores))
     record["documents"] = {task: "".join(str(int(v[i])) for i in sorted(v))
                            for task, v in document_scores(raw).items()}
+    record["sampling"] = "shuffled" if isinstance(docs, dict) else "first"
+    if isinstance(docs, dict):
+        record["doc_ids"] = docs
     return record
 
 
-def measure(model, tokenizer, windows: int, limit: int, texts: dict) -> dict:
+def measure(model, tokenizer, windows: int, limit: int, texts: dict, documents: str = "first") -> dict:
     row = {f"ppl_{name}": flatten_hf.perplexity(model, ids, 512, batch_size=4, max_windows=windows)
            for name, ids in texts.items()}
     if limit:
-        row.update(zero_shot_record(model, tokenizer, limit))
+        row.update(zero_shot_record(model, tokenizer, *split_documents(documents, limit, test=False)))
     return row
+
+
+def _sampling(record: dict | None) -> str | None:
+    """How a zero-shot record chose its documents (records from before `--documents` took the first ones)."""
+    if not record or "tasks" not in record:
+        return None
+    return record.get("sampling", "first")
 
 
 def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) -> None:
@@ -86,6 +117,12 @@ def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) 
     if args.rows:
         indices = [int(i) for i in args.rows.split(",")]
     test = args.split == "test"
+    other = {_sampling(r.get("test") if test else r) for r in done} - {None, args.documents}
+    if other:  # one results file, one way of choosing documents: rows are paired document by document
+        raise SystemExit(f"{args.results} has rows scored on the {', '.join(sorted(other))} documents of the "
+                         f"{args.split} split; --documents {args.documents} needs a results file of its own (copy "
+                         "its rows without their zero-shot fields).")
+    limit, docs = split_documents(args.documents, args.limit, test)
     for index in indices:
         if index is None or (done[index].get("test") if test else "tasks" in done[index]):
             continue
@@ -98,12 +135,13 @@ def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) 
         path = args.model if dense else str(Path(args.save_dir) / str(source))
         model, tokenizer = flatten_hf.load_model(path, dtype=torch.float32, quantize=weights)
         start = time.perf_counter()
-        docs = (args.limit, 2 * args.limit) if test else None
         tag = f"{args.limit}-{2 * args.limit}" if test else str(args.limit)
-        record = zero_shot_record(model, tokenizer, None if test else args.limit, docs,
+        tag += "-shuffled" if isinstance(docs, dict) else ""
+        record = zero_shot_record(model, tokenizer, limit, docs,
                                   cache=str(results_path.parent / f"lm-cache-{results_path.stem}-{index}-{tag}"))
         if test:
-            done[index]["test"] = {**record, "docs": list(docs), "seconds": time.perf_counter() - start}
+            done[index]["test"] = {**record, "docs": [args.limit, 2 * args.limit],
+                                   "seconds": time.perf_counter() - start}
         else:
             done[index].update(record, limit=args.limit, seconds_zero_shot=time.perf_counter() - start)
         staged = results_path.with_suffix(".tmp")
@@ -113,7 +151,8 @@ def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) 
 
 
 def print_table(results: list[dict], split: str = "validation") -> None:
-    print(f"{split} split")
+    samplings = sorted({_sampling(r.get("test") if split == "test" else r) for r in results} - {None})
+    print(f"{split} split" + (f" ({', '.join(samplings)} documents)" if samplings else ""))
     print("| variant | layers | ppl wikipedia | ppl lambada | PIQA | HS | WG | ARC-e | ARC-c | avg (± se) | s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
@@ -136,6 +175,9 @@ def _documents(row: dict, split: str, tasks: tuple[str, ...] = TASKS) -> dict[st
     record = row.get("test") if split == "test" else row
     if not record or "documents" not in record:
         return None
+    if "doc_ids" in record:  # a shuffled sample: position i is the i-th of its sorted document indices
+        return {task: {record["doc_ids"][task][i]: float(c) for i, c in enumerate(bits)}
+                for task, bits in record["documents"].items() if task in tasks}
     first = record["docs"][0] if split == "test" else 0
     return {task: {first + i: float(c) for i, c in enumerate(bits)} for task, bits in record["documents"].items()
             if task in tasks}
@@ -230,6 +272,11 @@ def main() -> None:
                    help="with --zero-shot-saved or --table: the first --limit documents of each task (validation, "
                         "where defaults are chosen) or the next --limit (test, held out); with --paired also both "
                         "together (twice the documents, for the final comparison only)")
+    p.add_argument("--documents", choices=("first", "shuffled"), default="first",
+                   help="which documents a split scores: the first --limit of each task and the next --limit (first, "
+                        "the default of the earlier results files), or the same ranges of a seeded random order of each "
+                        "task (shuffled: a sample of the whole task; HellaSwag's first 3,243 documents are all "
+                        "ActivityNet, the other 68%% WikiHow). A results file holds one or the other")
     p.add_argument("--rows", default=None, help="with --zero-shot-saved: score only these rows, in this order "
                                                 "(comma-separated indices of --results)")
     p.add_argument("--zero-shot-saved", action="store_true",
@@ -293,7 +340,7 @@ def main() -> None:
             flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer,
                                        card_writer=flatten_hf.write_card)
         row = {"key": key_of(todo[0]), "layers": compressed.config.num_hidden_layers,
-               **measure(compressed, tokenizer, args.windows, args.limit, texts),
+               **measure(compressed, tokenizer, args.windows, args.limit, texts, args.documents),
                "plan_groups": compressed.config.flatten["merge_plan"] if method != "dense" else None}
         row["seconds"] = time.perf_counter() - start
         done.append(row)

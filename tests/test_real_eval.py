@@ -68,3 +68,20 @@ def test_eval_and_bench_commands_write_json_for_the_report(smollm2, tmp_path):
     assert main(["report", "--eval", str(eval_json), "--bench", str(bench_json), "--out", str(tmp_path / "r")]) == 0
     report = (tmp_path / "r" / "report.md").read_text()
     assert "| smollm2-135m | dense |" in report and "ppl (lambada)" in report
+
+
+def test_zero_shot_on_listed_documents_scores_exactly_those(smollm2):
+    """A sample of document indices (`docs` as a mapping) scores exactly those documents, keyed by their index
+    in the task, which is how the paired comparisons match two models' scores document by document."""
+    from flatten_hf.zeroshot import document_scores, task_sizes
+
+    assert task_sizes() == {"piqa": 1838, "hellaswag": 10042, "winogrande": 1267, "arc_easy": 2376,
+                            "arc_challenge": 1172}
+    model, tokenizer = smollm2
+    _, first = zero_shot(model, tokenizer, ["arc_challenge"], limit=8, batch_size=8, log_samples=True)
+    _, listed = zero_shot(model, tokenizer, ["arc_challenge"], docs={"arc_challenge": [6, 1, 3]}, batch_size=8,
+                          log_samples=True)
+    everything, chosen = document_scores(first)["arc_challenge"], document_scores(listed)["arc_challenge"]
+    assert chosen == {i: everything[i] for i in (1, 3, 6)}
+    texts = [r["doc"]["question"] for r in listed["samples"]["arc_challenge"]]
+    assert texts == [r["doc"]["question"] for r in first["samples"]["arc_challenge"] if r["doc_id"] in (1, 3, 6)]
