@@ -94,11 +94,13 @@ def zero_shot_record(model, tokenizer, limit: int | None, docs: tuple[int, int] 
     return record
 
 
-def measure(model, tokenizer, windows: int, limit: int, texts: dict, documents: str = "first") -> dict:
+def measure(model, tokenizer, windows: int, texts: dict,
+            split: tuple[int | None, tuple[int, int] | dict | None] | None) -> dict:
+    """Both perplexities and, with `split` (the `limit` and `docs` of `split_documents`), the zero-shot record."""
     row = {f"ppl_{name}": flatten_hf.perplexity(model, ids, 512, batch_size=4, max_windows=windows)
            for name, ids in texts.items()}
-    if limit:
-        row.update(zero_shot_record(model, tokenizer, *split_documents(documents, limit, test=False)))
+    if split:
+        row.update(zero_shot_record(model, tokenizer, *split))
     return row
 
 
@@ -109,6 +111,16 @@ def _sampling(record: dict | None) -> str | None:
     return record.get("sampling", "first")
 
 
+def check_sampling(args: argparse.Namespace, done: list[dict], test: bool) -> None:
+    """Refuse to add rows scored on other documents than the file's rows were: rows are paired document by
+    document, so one results file holds one way of choosing them (checked before any model is loaded)."""
+    other = {_sampling(r.get("test") if test else r) for r in done} - {None, args.documents}
+    if other:
+        raise SystemExit(f"{args.results} has rows scored on the {', '.join(sorted(other))} documents of the "
+                         f"{'test' if test else 'validation'} split; --documents {args.documents} needs a results "
+                         "file of its own (copy its rows without their zero-shot fields).")
+
+
 def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) -> None:
     """Add zero-shot scores of the validation split (or, with `--split test`, the test split) to rows
     measured earlier without them (perplexity first, accuracy later)."""
@@ -117,11 +129,7 @@ def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) 
     if args.rows:
         indices = [int(i) for i in args.rows.split(",")]
     test = args.split == "test"
-    other = {_sampling(r.get("test") if test else r) for r in done} - {None, args.documents}
-    if other:  # one results file, one way of choosing documents: rows are paired document by document
-        raise SystemExit(f"{args.results} has rows scored on the {', '.join(sorted(other))} documents of the "
-                         f"{args.split} split; --documents {args.documents} needs a results file of its own (copy "
-                         "its rows without their zero-shot fields).")
+    check_sampling(args, done, test)
     limit, docs = split_documents(args.documents, args.limit, test)
     for index in indices:
         if index is None or (done[index].get("test") if test else "tasks" in done[index]):
@@ -136,7 +144,7 @@ def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) 
         model, tokenizer = flatten_hf.load_model(path, dtype=torch.float32, quantize=weights)
         start = time.perf_counter()
         tag = f"{args.limit}-{2 * args.limit}" if test else str(args.limit)
-        tag += "-shuffled" if isinstance(docs, dict) else ""
+        tag += "-shuffled" if args.documents == "shuffled" else ""
         record = zero_shot_record(model, tokenizer, limit, docs,
                                   cache=str(results_path.parent / f"lm-cache-{results_path.stem}-{index}-{tag}"))
         if test:
@@ -301,6 +309,10 @@ def main() -> None:
     if args.zero_shot_saved:
         score_saved(args, done, results_path)
         return
+    if args.limit:
+        check_sampling(args, done, test=False)
+    # once, not per variant: a shuffled split loads every task to count its documents
+    split = split_documents(args.documents, args.limit, test=False) if args.limit else None
     model, tokenizer = flatten_hf.load_model(args.model)
     texts = {name: evaluation_ids(tokenizer, name) for name in ("wikipedia", "lambada")}
     calibration: dict[str, torch.Tensor] = {}
@@ -340,7 +352,7 @@ def main() -> None:
             flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer,
                                        card_writer=flatten_hf.write_card)
         row = {"key": key_of(todo[0]), "layers": compressed.config.num_hidden_layers,
-               **measure(compressed, tokenizer, args.windows, args.limit, texts, args.documents),
+               **measure(compressed, tokenizer, args.windows, texts, split),
                "plan_groups": compressed.config.flatten["merge_plan"] if method != "dense" else None}
         row["seconds"] = time.perf_counter() - start
         done.append(row)

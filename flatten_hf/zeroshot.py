@@ -169,7 +169,8 @@ def zero_shot(model, tokenizer, tasks: tuple[str, ...] | list[str] = TASKS, limi
 
     check_tasks(tasks, source)
     if docs is not None and limit is not None:
-        raise ValueError("zero_shot takes limit (the first N documents) or docs (a range of them), not both.")
+        raise ValueError("zero_shot takes limit (the first N documents) or docs (a range or a list of them), "
+                         "not both.")
     if isinstance(docs, dict):
         missing = [task for task in tasks if task not in docs]
         if missing:
