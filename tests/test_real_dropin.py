@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,11 +42,12 @@ CHECKPOINTS = {
 
 
 @pytest.fixture(scope="module")
-def checkpoints(smollm2, tmp_path_factory) -> dict[str, Path]:
+def checkpoints(smollm2, tmp_path_factory) -> Iterator[dict[str, Path]]:
     root = tmp_path_factory.mktemp("dropin")
     for name, args in CHECKPOINTS.items():
         assert main(["compress", *args, "--out", str(root / name), *CALIB]) == 0
-    return {name: root / name for name in CHECKPOINTS}
+    yield {name: root / name for name in CHECKPOINTS}
+    shutil.rmtree(root)  # 1.4 GB of checkpoints: free the disk for the rest of the session
 
 
 def greedy(model, tokenizer, prompt: str, new_tokens: int = 12) -> torch.Tensor:
