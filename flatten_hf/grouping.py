@@ -1,10 +1,19 @@
 """Which adjacent layers to flatten together: FlattenGPT's greedy merge on a similarity matrix.
 
-S[i, j] is the similarity (see `SimilarityAccumulator`) between the hidden states entering layers i and j.
-Flattening runs a group's layers on the group's first input, so a group is only as good as the
-similarity of its first and last members' inputs: the candidate merge of adjacent groups [a..b] and
-[b+1..d] is scored S[a, d] (the paper's "delete row l and column l-1" rule). Each step merges the
-best-scoring adjacent pair until the target depth is reached; groups may grow to three or more.
+S[i, j] is the similarity (see `SimilarityAccumulator`) between the hidden states entering layers i and j
+(index n, one past the last layer, is the final hidden state). A candidate merge of adjacent groups [a..b]
+and [b+1..d] is scored by one of two rules (`GROUP_SCORES`):
+
+- ``input`` (the paper's "delete row l and column l-1" rule): S[a, d]. Flattening runs a group's layers on
+  the group's first input, so the group is only as good as the similarity of its first and last members'
+  inputs.
+- ``output``: S[a, d + 1], the group's input against its output: how little the whole block changes the
+  residual stream (ShortGPT's Block Influence, ReplaceMe's cut criterion). Pruning a wide block back to one
+  layer's width loses part of every member's update, so a block that changes little loses little; the
+  input rule never sees the last member's own update.
+
+Each step merges the best-scoring adjacent pair until the target depth is reached; groups may grow to three
+or more.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import torch
 
 SIMILARITY_METRICS = ("cosine", "l2")
+GROUP_SCORES = ("input", "output")
 
 
 class SimilarityAccumulator:
@@ -23,7 +33,8 @@ class SimilarityAccumulator:
       sum_t ||x_j||^2): the error of standing in x_i for x_j relative to their size, which is what a
       group's refit has to make up for.
 
-    Feed it the hidden states entering layer 0, 1, ... in order; memory is one [tokens, hidden]
+    Feed it the hidden states entering layer 0, 1, ... in order (then the final one, for the ``output``
+    group score); memory is one [tokens, hidden]
     float16 matrix per layer (unit vectors for cosine, the states themselves for l2).
     """
 
@@ -61,10 +72,18 @@ def merge_best_adjacent(groups: list[list[int]], score, max_group_size: int | No
     return groups[:k] + [groups[k] + groups[k + 1]] + groups[k + 2 :]
 
 
-def greedy_groups(similarity: torch.Tensor, num_merges: int, max_group_size: int | None = None) -> list[list[int]]:
-    """Merge adjacent groups `num_merges` times, each time the pair [a..b] + [b+1..d] with the largest S[a, d]."""
-    groups = [[i] for i in range(similarity.shape[0])]
+def greedy_groups(similarity: torch.Tensor, num_merges: int, max_group_size: int | None = None,
+                  group_score: str = "input") -> list[list[int]]:
+    """Merge adjacent groups `num_merges` times, each time the pair [a..b] + [b+1..d] with the largest
+    S[a, d] (``input``) or S[a, d + 1] (``output``).
+
+    `similarity` covers the n layers' inputs and, as its last row and column, the final hidden state.
+    """
+    if group_score not in GROUP_SCORES:
+        raise ValueError(f"group score must be one of {GROUP_SCORES}, got {group_score!r}.")
+    end = 1 if group_score == "output" else 0
+    groups = [[i] for i in range(similarity.shape[0] - 1)]
     for _ in range(num_merges):
         groups = merge_best_adjacent(
-            groups, lambda k: similarity[groups[k][0], groups[k + 1][-1]].item(), max_group_size)
+            groups, lambda k: similarity[groups[k][0], groups[k + 1][-1] + end].item(), max_group_size)
     return groups

@@ -91,6 +91,21 @@ def test_iterative_similarity_merges_the_requested_number_of_layers(arch):
     assert sorted(i for g in groups for i in g) == [0, 1, 2, 3] and len(groups) == 2
 
 
+@pytest.mark.parametrize("similarity", ["one-shot", "iterative"])
+def test_output_group_score_follows_the_recorded_similarity_of_input_and_output(arch, similarity):
+    from flatten_hf.grouping import greedy_groups
+
+    model = tiny_model(arch)
+    config = FlattenGPTConfig(num_layers=1, group_score="output", similarity=similarity)
+    params = compress(model, config, calibration_ids=calibration()).config.flatten["method_params"]
+    s = torch.tensor(params["similarity_matrix"])
+    assert s.shape == (5, 5)  # four layers' inputs and the final hidden state
+    # one merge: both modes see the dense model, so both pick the pair whose input is closest to its output
+    assert params["groups"] == greedy_groups(s, 1, group_score="output")
+    best = max(range(3), key=lambda i: s[i, i + 2].item())
+    assert [best, best + 1] in params["groups"]
+
+
 def test_bad_options_are_explained():
     with pytest.raises(ValueError, match="width_policy must be one of"):
         FlattenGPTConfig(ratio=0.2, width_policy="local")

@@ -99,7 +99,7 @@ def test_head_selection_keeping_everything_without_refit_is_the_identity():
 
 
 def test_greedy_grouping_scores_a_group_by_its_first_and_last_inputs():
-    s = torch.eye(5)
+    s = torch.eye(6)  # five layers' inputs and the final hidden state
     s[0, 1] = s[1, 0] = 0.2
     s[1, 2] = s[2, 1] = 0.9   # merge [1, 2] first
     s[2, 3] = s[3, 2] = 0.85
@@ -111,6 +111,22 @@ def test_greedy_grouping_scores_a_group_by_its_first_and_last_inputs():
     s[1, 3] = s[3, 1] = 0.95
     assert greedy_groups(s, 2) == [[0], [1, 2, 3], [4]]
     assert greedy_groups(s, 2, max_group_size=2) == [[0], [1, 2], [3, 4]]
+
+
+def test_output_group_score_rates_a_group_by_its_input_against_its_output():
+    s = torch.eye(5)  # four layers' inputs and the final hidden state (index 4)
+    s[0, 1] = s[1, 0] = 0.9   # layer 0 changes little: the input rule merges [0, 1] ...
+    s[0, 2] = s[2, 0] = 0.1   # ... but layer 1 changes a lot: block [0, 1] as a whole does
+    s[1, 2] = s[2, 1] = 0.2
+    s[2, 3] = s[3, 2] = 0.6
+    s[2, 4] = s[4, 2] = 0.8   # block [2, 3]: its input is close to the final state
+    s[1, 3] = s[3, 1] = 0.3
+    assert greedy_groups(s, 1) == [[0, 1], [2], [3]]
+    assert greedy_groups(s, 1, group_score="output") == [[0], [1], [2, 3]]
+    s[1, 4] = s[4, 1] = 0.85  # [1] + [2, 3] is then scored S[1, 4]
+    assert greedy_groups(s, 2, group_score="output") == [[0], [1, 2, 3]]
+    with pytest.raises(ValueError, match="group score"):
+        greedy_groups(s, 1, group_score="middle")
 
 
 def test_similarity_accumulator_is_mean_token_cosine():

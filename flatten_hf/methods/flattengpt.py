@@ -2,8 +2,8 @@
 
 Pipeline, on calibration data pushed through the model one layer at a time:
 
-1. **Grouping** (`grouping.py`): the cosine similarity of the hidden states entering every layer,
-   then greedy merges of the most similar adjacent groups until the target depth is reached.
+1. **Grouping** (`grouping.py`): the similarity of the hidden states entering every layer (and of the
+   final one), then greedy merges of the best-scoring adjacent groups until the target depth is reached.
 2. **Flattening** (`ops/folding.py`, `ops/layer_weights.py`): fold each member's RMSNorm weights into
    its projections and concatenate the members' heads and MLP channels into one wide layer.
 3. **Attention pruning** (`ops/head_selection.py`): keep whole key/value groups, chosen by the error
@@ -36,7 +36,7 @@ from transformers import PreTrainedModel
 
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, layer_type_of
-from ..grouping import SIMILARITY_METRICS, SimilarityAccumulator, greedy_groups, merge_best_adjacent
+from ..grouping import GROUP_SCORES, SIMILARITY_METRICS, SimilarityAccumulator, greedy_groups, merge_best_adjacent
 from ..ops.layer_weights import LayerState
 from ..ops.width_allocation import allocate_widths
 from ..plan import MergePlan
@@ -68,6 +68,9 @@ class FlattenGPTConfig:
             l2 was chosen on the validation half of the zero-shot tasks (SmolLM2-135M, ratio 0.2: 46.67
             against cosine's 44.00, first 300 documents per task; README, "In and out of the
             calibration domain"), not on the numbers reported.
+        group_score: how a candidate group is rated: 'input' (the paper's: its first and last members'
+            inputs alike) or 'output' (its input and its output alike: the block changes the residual stream
+            little, as ShortGPT and ReplaceMe choose what to cut); see `flatten_hf.grouping`.
         width_policy: 'uniform' (every flattened block pruned back to the dense widths: a stock
             architecture) or 'global' (kept heads and channels chosen by one ranking across all
             flattened blocks, at the same total parameter count: per-layer widths).
@@ -109,6 +112,10 @@ class FlattenGPTConfig:
         "l2", "how alike two layers' inputs are: one minus their relative squared distance (l2, default), which also "
               "sees the residual stream's growth, or the paper's mean per-token cosine (cosine)",
         choices=SIMILARITY_METRICS)
+    group_score: str = option(
+        "input", "rate a candidate group by how alike its first and last members' inputs are (input, default: the "
+                 "paper's rule) or its own input and output (output: a block that changes little, as ShortGPT and "
+                 "ReplaceMe cut)", choices=GROUP_SCORES)
     width_policy: str = option(
         "uniform", "prune every flattened block back to the dense widths (uniform, default: a stock architecture), "
         "or choose heads and channels by one ranking across blocks at the same parameter count (global: per-layer "
@@ -163,12 +170,14 @@ def _block(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], co
 
 @torch.no_grad()
 def layer_similarity(model: PreTrainedModel, runner: LayerwiseRunner, metric: str = "cosine") -> torch.Tensor:
-    """S[i, j]: similarity of the hidden states entering layers i and j of the dense model (see `grouping`)."""
+    """S[i, j]: similarity of the hidden states entering layers i and j of the dense model (see `grouping`);
+    index n is the final hidden state."""
     acc = SimilarityAccumulator(metric)
     hidden = runner.hidden
     for i, layer in enumerate(tqdm(model.model.layers, desc="flattengpt: layer similarity", unit="layer")):
         acc.add(hidden)
         hidden = runner.run(layer, layer_type_of(model.config, i), inputs=hidden)
+    acc.add(hidden)
     return acc.matrix()
 
 
@@ -177,9 +186,10 @@ def iterative_groups(model: PreTrainedModel, runner: LayerwiseRunner, num_merges
                      config: FlattenGPTConfig) -> tuple[list[list[int]], torch.Tensor]:
     """Merge one pair at a time, re-measuring on the model with the merged groups as wide blocks.
 
-    Each current group is one block, so adjacent groups are scored by the similarity of the two
-    blocks' inputs in the current model.
+    Each current group is one block, so adjacent groups k, k+1 are scored by the similarity of block k's
+    input and block k+1's input (``input``) or output (``output``) in the current model.
     """
+    end = 2 if config.group_score == "output" else 1
     groups = [[i] for i in range(model.config.num_hidden_layers)]
     cache: dict = {}
     for _ in tqdm(range(num_merges), desc="flattengpt: iterative similarity", unit="merge"):
@@ -188,8 +198,9 @@ def iterative_groups(model: PreTrainedModel, runner: LayerwiseRunner, num_merges
             acc.add(hidden)
             hidden = runner.run(_block(model, runner, group, config, cache), layer_type_of(model.config, group[0]),
                                 inputs=hidden)
+        acc.add(hidden)
         similarity = acc.matrix()
-        groups = merge_best_adjacent(groups, lambda k: similarity[k, k + 1].item(), config.max_group_size)
+        groups = merge_best_adjacent(groups, lambda k: similarity[k, k + end].item(), config.max_group_size)
     return groups, similarity
 
 
@@ -229,7 +240,7 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
     stats_runner = runner.head(config.similarity_tokens)
     if config.similarity == "one-shot":
         similarity = layer_similarity(model, stats_runner, config.similarity_metric)
-        groups = greedy_groups(similarity, n_merges, config.max_group_size)
+        groups = greedy_groups(similarity, n_merges, config.max_group_size, config.group_score)
     else:
         groups, similarity = iterative_groups(model, stats_runner, n_merges, config)
     logger.info("FlattenGPT groups: %s", [g for g in groups if len(g) > 1])
