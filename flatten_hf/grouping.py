@@ -4,13 +4,14 @@ S[i, j] is the similarity (see `SimilarityAccumulator`) between the hidden state
 (index n, one past the last layer, is the final hidden state). A candidate merge of adjacent groups [a..b]
 and [b+1..d] is scored by one of two rules (`GROUP_SCORES`):
 
+- ``output`` (FlattenGPT's default): S[a, d + 1], the group's input against its output: how little the whole
+  block changes the residual stream (ShortGPT's Block Influence, ReplaceMe's cut criterion). Pruning a wide
+  block back to one layer's width loses part of every member's update, so a block that changes little loses
+  little.
 - ``input`` (the paper's "delete row l and column l-1" rule): S[a, d]. Flattening runs a group's layers on
   the group's first input, so the group is only as good as the similarity of its first and last members'
-  inputs.
-- ``output``: S[a, d + 1], the group's input against its output: how little the whole block changes the
-  residual stream (ShortGPT's Block Influence, ReplaceMe's cut criterion). Pruning a wide block back to one
-  layer's width loses part of every member's update, so a block that changes little loses little; the
-  input rule never sees the last member's own update.
+  inputs; this rule never sees the last member's own update, and on Qwen2.5-Coder-0.5B it flattens early
+  pairs whose inputs are alike but whose updates are large.
 
 Each step merges the best-scoring adjacent pair until the target depth is reached; groups may grow to three
 or more.
@@ -73,7 +74,7 @@ def merge_best_adjacent(groups: list[list[int]], score, max_group_size: int | No
 
 
 def greedy_groups(similarity: torch.Tensor, num_merges: int, max_group_size: int | None = None,
-                  group_score: str = "input") -> list[list[int]]:
+                  group_score: str = "output") -> list[list[int]]:
     """Merge adjacent groups `num_merges` times, each time the pair [a..b] + [b+1..d] with the largest
     S[a, d] (``input``) or S[a, d + 1] (``output``).
 

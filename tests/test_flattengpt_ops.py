@@ -106,11 +106,11 @@ def test_greedy_grouping_scores_a_group_by_its_first_and_last_inputs():
     s[1, 3] = s[3, 1] = 0.3   # [1, 2] + [3] is scored S[1, 3] = 0.3, not S[2, 3]
     s[3, 4] = s[4, 3] = 0.5
     s[1, 4] = s[4, 1] = 0.1
-    assert greedy_groups(s, 1) == [[0], [1, 2], [3], [4]]
-    assert greedy_groups(s, 2) == [[0], [1, 2], [3, 4]]
+    assert greedy_groups(s, 1, group_score="input") == [[0], [1, 2], [3], [4]]
+    assert greedy_groups(s, 2, group_score="input") == [[0], [1, 2], [3, 4]]
     s[1, 3] = s[3, 1] = 0.95
-    assert greedy_groups(s, 2) == [[0], [1, 2, 3], [4]]
-    assert greedy_groups(s, 2, max_group_size=2) == [[0], [1, 2], [3, 4]]
+    assert greedy_groups(s, 2, group_score="input") == [[0], [1, 2, 3], [4]]
+    assert greedy_groups(s, 2, max_group_size=2, group_score="input") == [[0], [1, 2], [3, 4]]
 
 
 def test_output_group_score_rates_a_group_by_its_input_against_its_output():
@@ -121,8 +121,8 @@ def test_output_group_score_rates_a_group_by_its_input_against_its_output():
     s[2, 3] = s[3, 2] = 0.6
     s[2, 4] = s[4, 2] = 0.8   # block [2, 3]: its input is close to the final state
     s[1, 3] = s[3, 1] = 0.3
-    assert greedy_groups(s, 1) == [[0, 1], [2], [3]]
-    assert greedy_groups(s, 1, group_score="output") == [[0], [1], [2, 3]]
+    assert greedy_groups(s, 1, group_score="input") == [[0, 1], [2], [3]]
+    assert greedy_groups(s, 1) == [[0], [1], [2, 3]]  # output is the default
     s[1, 4] = s[4, 1] = 0.85  # [1] + [2, 3] is then scored S[1, 4]
     assert greedy_groups(s, 2, group_score="output") == [[0], [1, 2, 3]]
     with pytest.raises(ValueError, match="group score"):
