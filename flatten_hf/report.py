@@ -150,12 +150,13 @@ def plot_quality(rows: list[Row], path: Path) -> None:
 
 
 def plot_similarity(matrix: list[list[float]], path: Path, title: str) -> None:
-    """Heatmap of the mean cosine similarity between the inputs of every pair of layers."""
+    """Heatmap of the similarity (the plan's metric) between the hidden states entering every pair of layers;
+    plans since `group_score` add the final hidden state as the last row and column."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 5))
     image = ax.imshow(matrix, cmap="viridis", vmin=min(min(row) for row in matrix), vmax=1.0)
     ax.set(xlabel="layer j", ylabel="layer i", title=title)
-    fig.colorbar(image, ax=ax, label="cosine similarity of layer inputs")
+    fig.colorbar(image, ax=ax, label="similarity of layer inputs")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -210,8 +211,10 @@ def build_report(eval_json: str | Path | Sequence[str | Path], out_dir: str | Pa
     if similarity:
         plot_similarity(similarity.result.plan["method_params"]["similarity_matrix"], out / "layer_similarity.png",
                         f"Layer input similarity ({similarity.result.plan['base_model']})")
-        parts += ["## Layer similarity", "", "Mean cosine similarity of the hidden states entering each pair of "
-                  "layers on the calibration text (FlattenGPT flattens adjacent layers with similar inputs).", "",
+        parts += ["## Layer similarity", "", "Similarity of the hidden states entering each pair of layers on the "
+                  "calibration text (the plan's `similarity_metric`; a last row and column, where present, is the "
+                  "final hidden state). FlattenGPT flattens runs of adjacent layers whose input is like their "
+                  "output (`group_score`).", "",
                   "![layer similarity heatmap](layer_similarity.png)", ""]
     if any(r.result.plan for r in rows):
         plot_merge_plans(rows, out / "merge_plans.png")
