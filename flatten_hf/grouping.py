@@ -34,8 +34,8 @@ class SimilarityAccumulator:
       sum_t ||x_j||^2): the error of standing in x_i for x_j relative to their size, which is what a
       group's refit has to make up for.
 
-    Feed it the hidden states entering layer 0, 1, ... in order (then the final one, for the ``output``
-    group score); memory is one [tokens, hidden]
+    Feed it the hidden states entering layer 0, 1, ... in order, then the final one (which the ``output``
+    group score compares with); memory is one [tokens, hidden]
     float16 matrix per layer (unit vectors for cosine, the states themselves for l2).
     """
 
@@ -73,18 +73,23 @@ def merge_best_adjacent(groups: list[list[int]], score, max_group_size: int | No
     return groups[:k] + [groups[k] + groups[k + 1]] + groups[k + 2 :]
 
 
+def merge_score(similarity: torch.Tensor, first: int, last: int, group_score: str = "output") -> float:
+    """The score of a candidate group running from unit `first` to unit `last` (layers, or the current blocks
+    when re-measured): S[first, last] (``input``) or S[first, last + 1] (``output``)."""
+    if group_score not in GROUP_SCORES:
+        raise ValueError(f"group score must be one of {GROUP_SCORES}, got {group_score!r}.")
+    return similarity[first, last + (group_score == "output")].item()
+
+
 def greedy_groups(similarity: torch.Tensor, num_merges: int, max_group_size: int | None = None,
                   group_score: str = "output") -> list[list[int]]:
     """Merge adjacent groups `num_merges` times, each time the pair [a..b] + [b+1..d] with the largest
-    S[a, d] (``input``) or S[a, d + 1] (``output``).
+    `merge_score` from a to d.
 
     `similarity` covers the n layers' inputs and, as its last row and column, the final hidden state.
     """
-    if group_score not in GROUP_SCORES:
-        raise ValueError(f"group score must be one of {GROUP_SCORES}, got {group_score!r}.")
-    end = 1 if group_score == "output" else 0
     groups = [[i] for i in range(similarity.shape[0] - 1)]
     for _ in range(num_merges):
         groups = merge_best_adjacent(
-            groups, lambda k: similarity[groups[k][0], groups[k + 1][-1] + end].item(), max_group_size)
+            groups, lambda k: merge_score(similarity, groups[k][0], groups[k + 1][-1], group_score), max_group_size)
     return groups

@@ -8,6 +8,7 @@ import torch
 from flatten_hf import CalibrationConfig, FlattenGPTConfig, compress
 from flatten_hf.adapters import get_adapter
 from flatten_hf.calibration import LayerwiseRunner, layer_type_of
+from flatten_hf.grouping import greedy_groups
 from flatten_hf.methods.flatten_block import compress_group
 from flatten_hf.plan import MergePlan
 
@@ -93,8 +94,6 @@ def test_iterative_similarity_merges_the_requested_number_of_layers(arch):
 
 @pytest.mark.parametrize("similarity", ["one-shot", "iterative"])
 def test_output_group_score_follows_the_recorded_similarity_of_input_and_output(arch, similarity):
-    from flatten_hf.grouping import greedy_groups
-
     model = tiny_model(arch)
     config = FlattenGPTConfig(num_layers=1, group_score="output", similarity=similarity)
     params = compress(model, config, calibration_ids=calibration()).config.flatten["method_params"]

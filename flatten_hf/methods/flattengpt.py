@@ -36,7 +36,14 @@ from transformers import PreTrainedModel
 
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, layer_type_of
-from ..grouping import GROUP_SCORES, SIMILARITY_METRICS, SimilarityAccumulator, greedy_groups, merge_best_adjacent
+from ..grouping import (
+    GROUP_SCORES,
+    SIMILARITY_METRICS,
+    SimilarityAccumulator,
+    greedy_groups,
+    merge_best_adjacent,
+    merge_score,
+)
 from ..ops.layer_weights import LayerState
 from ..ops.width_allocation import allocate_widths
 from ..plan import MergePlan
@@ -192,7 +199,6 @@ def iterative_groups(model: PreTrainedModel, runner: LayerwiseRunner, num_merges
     Each current group is one block, so adjacent groups k, k+1 are scored by the similarity of block k's
     input and block k+1's input (``input``) or output (``output``) in the current model.
     """
-    end = 2 if config.group_score == "output" else 1
     groups = [[i] for i in range(model.config.num_hidden_layers)]
     cache: dict = {}
     for _ in tqdm(range(num_merges), desc="flattengpt: iterative similarity", unit="merge"):
@@ -203,7 +209,8 @@ def iterative_groups(model: PreTrainedModel, runner: LayerwiseRunner, num_merges
                                 inputs=hidden)
         acc.add(hidden)
         similarity = acc.matrix()
-        groups = merge_best_adjacent(groups, lambda k: similarity[k, k + end].item(), config.max_group_size)
+        groups = merge_best_adjacent(groups, lambda k: merge_score(similarity, k, k + 1, config.group_score),
+                                     config.max_group_size)
     return groups, similarity
 
 
