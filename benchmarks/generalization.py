@@ -52,9 +52,11 @@ from flatten_hf.zeroshot import (
     TASKS,
     average,
     document_scores,
+    pack_scores,
     paired_difference,
     sample_documents,
     task_sizes,
+    unpack_scores,
     zero_shot,
 )
 
@@ -86,8 +88,7 @@ def zero_shot_record(model, tokenizer, limit: int | None, docs: tuple[int, int] 
     scores, raw = zero_shot(model, tokenizer, limit=limit, docs=docs, batch_size=32, cache=cache, log_samples=True)
     record = {"tasks": {s.task: round(100 * s.headline, 2) for s in scores}}
     record["avg"], record["avg_stderr"] = (round(100 * v, 2) for v in average(scores))
-    record["documents"] = {task: "".join(str(int(v[i])) for i in sorted(v))
-                           for task, v in document_scores(raw).items()}
+    record["documents"] = pack_scores(document_scores(raw))
     record["sampling"] = "shuffled" if isinstance(docs, dict) else "first"
     if isinstance(docs, dict):
         record["doc_ids"] = docs
@@ -183,12 +184,11 @@ def _documents(row: dict, split: str, tasks: tuple[str, ...] = TASKS) -> dict[st
     record = row.get("test") if split == "test" else row
     if not record or "documents" not in record:
         return None
+    packed = {task: bits for task, bits in record["documents"].items() if task in tasks}
     if "doc_ids" in record:  # a shuffled sample: position i is the i-th of its sorted document indices
-        return {task: {record["doc_ids"][task][i]: float(c) for i, c in enumerate(bits)}
-                for task, bits in record["documents"].items() if task in tasks}
+        return unpack_scores(packed, record["doc_ids"])
     first = record["docs"][0] if split == "test" else 0
-    return {task: {first + i: float(c) for i, c in enumerate(bits)} for task, bits in record["documents"].items()
-            if task in tasks}
+    return {task: {first + i: v for i, v in scores.items()} for task, scores in unpack_scores(packed).items()}
 
 
 def print_paired(results: list[dict], reference: int, split: str = "validation", tasks: tuple[str, ...] = TASKS) -> None:

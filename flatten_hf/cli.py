@@ -335,6 +335,11 @@ def _report_parser(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--bench", dest="bench_json", default=None, help="JSON written by `flatten-hf bench --json`")
     rep.add_argument("--out", required=True, help="output folder for report.md and the PNGs")
     rep.add_argument("--title", default="flatten-hf report", help="report title")
+    rep.add_argument("--reference", default=None, metavar="METHOD",
+                     help="compare every model with this method at the same ratio, document by document (paired "
+                          "differences with their standard error), by its name in the quality table, e.g. "
+                          "'replaceme (lstsq)' (default: flattengpt, where the table has it); needs results written "
+                          "by `flatten-hf eval --json`, which keeps each document's score")
 
 
 def _push_parser(sub: argparse._SubParsersAction) -> None:
@@ -725,7 +730,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import build_report
 
-    print(f"wrote {build_report(args.eval_json, args.out, args.bench_json, args.title)}")
+    print(f"wrote {build_report(args.eval_json, args.out, args.bench_json, args.title, args.reference)}")
     return 0
 
 

@@ -26,7 +26,7 @@ from .bench import measure_prefill_ms
 from .checkpoint import load_model
 from .data import evaluation_ids
 from .perplexity import perplexity
-from .zeroshot import TASKS, TaskScore, average, zero_shot
+from .zeroshot import TASKS, TaskScore, average, document_scores, pack_scores, zero_shot
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,9 @@ class EvalResult:
     # perplexity on a second text domain, never used for calibration (same window length and count)
     other_perplexity: float | None = None
     other_perplexity_source: str | None = None
+    # each task's per-document scores (`zeroshot.pack_scores`: "1" right, "0" wrong, document i at position i),
+    # so that two models evaluated on the same documents can be compared pairwise (`report`)
+    documents: dict[str, str] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,7 +133,8 @@ def evaluate(model: PreTrainedModel, tokenizer, name: str | None = None, ppl: bo
                                                  max_windows=max_windows)
             result.other_perplexity_source = other_source
     if tasks:
-        result.tasks, _ = zero_shot(model, tokenizer, tasks, limit, batch_size, task_source, cache)
+        result.tasks, raw = zero_shot(model, tokenizer, tasks, limit, batch_size, task_source, cache, log_samples=True)
+        result.documents = pack_scores(document_scores(raw))
         result.zero_shot_average, result.zero_shot_average_stderr = average(result.tasks)
     result.seconds = time.perf_counter() - start
     return result

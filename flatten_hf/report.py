@@ -18,6 +18,7 @@ from typing import Sequence
 from .bench import SpeedResult, speed_table
 from .evaluation import EvalResult
 from .methods import METHODS
+from .zeroshot import paired_difference, unpack_scores
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,11 @@ def label_of(result: EvalResult) -> tuple[str, float]:
     plan = result.plan
     if not plan:
         return "dense", 0.0
+    params = plan.get("method_params", {})
     spec = METHODS.get(plan["method"])
-    label = spec.label_of(plan.get("method_params", {})) if spec else plan["method"]
+    label = spec.label_of(params) if spec else plan["method"]
+    if "recovery" in params:  # `recover` keeps the architecture: without this it would share the method's point
+        label += " + recover"
     return label, 1 - len(plan["layers"]) / plan["source_num_hidden_layers"]
 
 
@@ -100,6 +104,33 @@ def quality_table(rows: list[Row]) -> str:
             cells += [f"{100 * r.zero_shot_average:.1f} (± {100 * r.zero_shot_average_stderr:.1f})", retained]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def paired_table(rows: list[Row], reference: str) -> str | None:
+    """Each model's zero-shot average minus the `reference` method's at the same ratio, on the same documents,
+    with the paired standard error; None when no two such models kept their per-document scores.
+
+    At full size the averages' own error bars (about 0.5 points) are wider than most differences between
+    methods compressed from one model, yet those methods get most documents right or wrong together: the
+    standard error of the per-document difference is what says whether one of them is ahead.
+    """
+    references = {}
+    for row in rows:
+        if row.method == reference and row.result.documents:
+            references.setdefault(row.ratio, row)
+    lines = []
+    for row in rows:
+        ref = references.get(row.ratio)
+        if ref is None or row is ref or row.method == "dense" or not row.result.documents:
+            continue
+        d = paired_difference(unpack_scores(row.result.documents), unpack_scores(ref.result.documents))
+        cells = [f"{100 * d.per_task[t]:+.1f}" if t in d.per_task else "-" for t in TASK_LABELS]
+        lines.append(f"| {display_name(row.result.name)} | {row.method} | {row.ratio:.2f} | " + " | ".join(cells)
+                     + f" | {100 * d.difference:+.2f} (± {100 * d.stderr:.2f}) | {d.z:+.1f} | {d.documents} |")
+    if not lines:
+        return None
+    head = ["model", "method", "ratio", *TASK_LABELS.values(), f"avg - {reference} (± paired se)", "z", "documents"]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines])
 
 
 def _plt():
@@ -191,18 +222,37 @@ def plot_merge_plans(rows: list[Row], path: Path) -> None:
 
 
 def build_report(eval_json: str | Path | Sequence[str | Path], out_dir: str | Path,
-                 bench_json: str | Path | None = None, title: str = "flatten-hf report") -> Path:
+                 bench_json: str | Path | None = None, title: str = "flatten-hf report",
+                 reference: str | None = None) -> Path:
     """Write `out_dir/report.md` and its plots from saved `flatten-hf eval` (one or several files) and
-    `bench` JSON."""
+    `bench` JSON.
+
+    Args:
+        reference: the method label (as the quality table names it, e.g. `flattengpt`, `replaceme (lstsq)`)
+            every other model at the same ratio is compared with, document by document; default `flattengpt`
+            where the table has it. An explicit label that no model carries is an error, raised before any
+            file is written.
+    """
     paths = [eval_json] if isinstance(eval_json, (str, Path)) else list(eval_json)
     settings, models = merge_results(paths)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     results = [EvalResult.from_dict(m) for m in models]
     rows = sorted((Row(r, *label_of(r)) for r in results), key=lambda r: (r.method != "dense", r.method, r.ratio))
+    labels = sorted({r.method for r in rows})
+    if reference is not None and reference not in labels:
+        raise ValueError(f"--reference {reference!r} names no model in the table; its methods are {', '.join(labels)}.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     parts = [f"# {title}", "", "## Quality", "", _settings_line(settings), "", quality_table(rows), ""]
     plot_quality(rows, out / "quality_vs_ratio.png")
     parts += ["![perplexity and zero-shot average against the compression ratio](quality_vs_ratio.png)", ""]
+    reference = reference or "flattengpt"
+    paired = paired_table(rows, reference)
+    if paired:
+        parts += ["### Paired differences", "", f"Each model's zero-shot average (and each task's score) minus "
+                  f"`{reference}`'s at the same ratio, in points, on the same documents, with the paired standard "
+                  "error: models compressed from one base model get most documents right or wrong together, so "
+                  "their difference is resolved far more finely than the averages' own error bars suggest. z is "
+                  "the difference over its standard error.", "", paired, ""]
     if bench_json:
         bench_settings, bench_models = load_results(bench_json)
         parts += ["## Speed and size", "", _settings_line(bench_settings), "",

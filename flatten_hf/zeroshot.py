@@ -239,6 +239,19 @@ def document_scores(results: dict, tasks: tuple[str, ...] | list[str] | None = N
     return scores
 
 
+def pack_scores(scores: dict[str, dict[int, float]]) -> dict[str, str]:
+    """Each task's per-document scores (from `document_scores`) as one string of 0s and 1s in document-id
+    order: all five tasks are 16,695 documents, a few KB of JSON instead of a list of records per model."""
+    return {task: "".join(str(int(v[i])) for i in sorted(v)) for task, v in scores.items()}
+
+
+def unpack_scores(packed: dict[str, str], doc_ids: dict[str, list[int]] | None = None) -> dict[str, dict[int, float]]:
+    """`pack_scores` reversed: character i is document i of the task (the task's first documents), or with
+    `doc_ids` the i-th of the task's sorted sample of document ids."""
+    return {task: {(doc_ids[task][i] if doc_ids else i): float(c) for i, c in enumerate(bits)}
+            for task, bits in packed.items()}
+
+
 @dataclass
 class PairedDifference:
     """The difference of two models' five-task averages, measured on the same documents.

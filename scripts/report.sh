@@ -15,7 +15,10 @@
 # FlattenGPT 0.2 checkpoint's perplexity and 58,548 of its requests, the rest came from the cache).
 #
 #   MODEL          offline asset name (default smollm2-135m); NAME: checkpoint prefix (default smollm2)
-#   RATIOS         compression ratios (default "0.1 0.2 0.3"); METHODS (default "shortgpt flattengpt come")
+#   RATIOS         compression ratios (default "0.1 0.2 0.3"); METHODS (default "shortgpt flattengpt replaceme come")
+#   RECOVER        methods whose checkpoints are also recovered (default "flattengpt"; "" for none): flatten-hf
+#                  recover with RECOVER_STEPS (default 200) distillation steps into OUT/<checkpoint>-recovered,
+#                  evaluated like the others (the report names them "<method> + recover"; not benchmarked: same shape)
 #   CALIB_SAMPLES  calibration sequences of 512 tokens (default 64)
 #   DTYPE          dtype of the evaluation (default bfloat16: measured 2.0x the float32 speed on a CPU
 #                  with AVX512-BF16; use float32 on CPUs without it)
@@ -38,15 +41,20 @@ if [ -n "${LIMIT:-}" ]; then EVAL_ARGS+=(--limit "$LIMIT"); fi
 if [ -n "${MAX_WINDOWS:-}" ]; then EVAL_ARGS+=(--max-windows "$MAX_WINDOWS"); fi
 mkdir -p "$OUT" "$EVAL_DIR"
 models=("$MODEL")
-for method in ${METHODS:-shortgpt flattengpt come}; do
+recovered=()
+for method in ${METHODS:-shortgpt flattengpt replaceme come}; do
   for ratio in ${RATIOS:-0.1 0.2 0.3}; do
     dir="$OUT/$NAME-$method-$ratio"
     [ -f "$dir/config.json" ] || $F -q compress "$MODEL" --method "$method" --ratio "$ratio" \
       --calib-samples "${CALIB_SAMPLES:-64}" --out "$dir"
     models+=("$dir")
+    if [[ " ${RECOVER-flattengpt} " == *" $method "* ]]; then
+      [ -f "$dir-recovered/config.json" ] || $F -q recover "$dir" --steps "${RECOVER_STEPS:-200}" --out "$dir-recovered"
+      recovered+=("$dir-recovered")
+    fi
   done
 done
-for model in "${models[@]}"; do
+for model in "${models[@]}" "${recovered[@]}"; do
   json="$EVAL_DIR/$(basename "$model").json"
   [ -f "$json" ] || $F -q eval "$model" "${EVAL_ARGS[@]}" --json "$json"
 done

@@ -59,6 +59,10 @@ def test_eval_and_bench_commands_write_json_for_the_report(smollm2, tmp_path):
     # the second text domain (fiction), never used for calibration, is measured the same way
     assert result["other_perplexity_source"] == "lambada" and 5 < result["other_perplexity"] < 80
     assert result["tasks"][0]["task"] == "arc_challenge" and result["limit"] == 8
+    # every document's score is kept for the report's paired differences, and they add up to the task's score
+    scores = result["documents"]["arc_challenge"]
+    assert len(scores) == 8 and set(scores) <= {"0", "1"}
+    assert scores.count("1") / 8 == pytest.approx(result["tasks"][0]["acc_norm"])
     assert main(["bench", "smollm2-135m", "--repeats", "1", "--rounds", "2", "--seq-lens", "64", "--batches", "2",
                  "--new-tokens", "4", "--json", str(bench_json)]) == 0
     speed = json.loads(bench_json.read_text())["models"][0]

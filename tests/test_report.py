@@ -11,10 +11,11 @@ from transformers import LlamaConfig
 from flatten_hf.bench import SpeedResult, Timing, benchmark, merge_rounds, prefill_flops, speed_table
 from flatten_hf.cli import main
 from flatten_hf.evaluation import EvalResult
-from flatten_hf.report import Row, quality_table
+from flatten_hf.report import Row, label_of, quality_table
 from flatten_hf.zeroshot import TASKS, TaskScore, average, offline_task_dir
 
 PNG = b"\x89PNG\r\n\x1a\n"
+DEFAULT_GROUPING = {"similarity_metric": "l2", "group_score": "output"}  # what FlattenGPT's plans record today
 
 
 def test_offline_task_configs_include_the_stock_lm_eval_tasks():
@@ -76,8 +77,8 @@ def eval_json(tmp_path):
     def plan(method, groups, n=6):
         return {"method": method, "source_num_hidden_layers": n, "merge_plan": groups,
                 "layers": [{"sources": []} for _ in groups], "base_model": "base",
-                "method_params": {"similarity_matrix": [[1 - abs(i - j) / 10 for j in range(n)] for i in range(n)]}
-                if method == "flattengpt" else {}}
+                "method_params": {"similarity_matrix": [[1 - abs(i - j) / 10 for j in range(n)] for i in range(n)],
+                                  **DEFAULT_GROUPING} if method == "flattengpt" else {}}
 
     models = [result("dense", 6, 20.0, 0.50, None),
               result("short", 5, 30.0, 0.45, plan("shortgpt", [[0], [1], [2], [4], [5]])),
@@ -138,6 +139,60 @@ def test_report_refuses_to_join_results_measured_with_other_settings(tmp_path, c
     assert main(["report", "--eval", str(eval_json(tmp_path)), str(full), "--out", str(tmp_path / "r")]) != 0
     err = capsys.readouterr().err
     assert "other settings" in err and "(limit:" in err
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def paired_eval_json(tmp_path):
+    """Three models at one ratio that kept their per-document scores (four documents per task)."""
+    def result(name, documents, params):
+        tasks = [TaskScore(t, 0.5, 0.25, None, None, 4) for t in TASKS]
+        plan = {"method": params.pop("method"), "source_num_hidden_layers": 6, "merge_plan": [[0], [1], [2], [4], [5]],
+                "layers": [{"sources": []}] * 5, "base_model": "base", "method_params": params}
+        return EvalResult(name, 5, 5000, 25.0, 2048, "wikipedia", None, tasks, 0.5, 0.1, None, 1.0, plan,
+                          documents=dict.fromkeys(TASKS, documents)).to_dict()
+
+    models = [result("flat", "1100", {"method": "flattengpt", **DEFAULT_GROUPING}),
+              result("short", "1000", {"method": "shortgpt"}),
+              result("flat-recovered", "1110", {"method": "flattengpt", **DEFAULT_GROUPING, "recovery": {"steps": 200}})]
+    path = tmp_path / "paired.json"
+    path.write_text(json.dumps({"settings": {"limit": "none (full tasks)"}, "models": models}))
+    return path
+
+
+def test_report_compares_methods_document_by_document(tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", "--eval", str(paired_eval_json(tmp_path)), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    # short misses one of flat's right answers per task: -25 points, d = (0, -1, 0, 0) in each task,
+    # se = sqrt(5 * var(d) / 4) / 5 = sqrt(5 * 0.25 / 4) / 5 = 11.18 points
+    assert "| short | shortgpt | 0.17 | -25.0 | -25.0 | -25.0 | -25.0 | -25.0 | -25.00 (± 11.18) | -2.2 | 20 |" in text
+    # a recovered checkpoint is its own method in every table, compared with the training-free one
+    assert "| flat-recovered | flattengpt + recover | 0.17 | +25.0 |" in text
+    assert "avg - flattengpt (± paired se)" in text
+
+
+def test_report_labels_flattengpt_plans_by_the_grouping_they_used():
+    """Checkpoints compressed under earlier defaults stay apart from today's in tables and plots: a plan
+    from before the grouping options existed records no metric (cosine, rated by the group's inputs)."""
+    def label(params):
+        plan = {"method": "flattengpt", "layers": [{}] * 5, "source_num_hidden_layers": 6, "method_params": params}
+        return label_of(EvalResult("m", 5, 1, plan=plan))
+
+    assert label(DEFAULT_GROUPING) == ("flattengpt", pytest.approx(1 / 6))
+    assert label({"similarity_metric": "l2", "group_score": "input"})[0] == "flattengpt (input grouping)"
+    assert label({"similarity_metric": "l2"})[0] == "flattengpt (input grouping)"
+    assert label({})[0] == "flattengpt (cosine grouping)"
+    assert label({**DEFAULT_GROUPING, "recovery": {"steps": 200}})[0] == "flattengpt + recover"
+
+
+def test_report_reference_must_name_a_method_of_the_table(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", "--eval", str(paired_eval_json(tmp_path)), "--out", str(out), "--reference", "shortgpt"]) == 0
+    assert "| flat | flattengpt | 0.17 | +25.0 |" in (out / "report.md").read_text()
+    assert main(["report", "--eval", str(paired_eval_json(tmp_path)), "--out", str(tmp_path / "r"),
+                 "--reference", "sliceGPT"]) != 0
+    err = capsys.readouterr().err
+    assert "--reference 'sliceGPT' names no model" in err and "flattengpt + recover" in err
     assert not (tmp_path / "r").exists()  # nothing written
 
 

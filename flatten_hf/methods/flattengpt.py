@@ -287,6 +287,11 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
 def _label(params: dict) -> str:
     """The report's name of a FlattenGPT variant: the options that change what kind of model it is."""
     label = "flattengpt"
+    # Plans from before a grouping option existed record nothing: cosine similarity, rated by the group's inputs.
+    if params.get("similarity_metric", "cosine") == "cosine":
+        label += " (cosine grouping)"
+    elif params.get("group_score", "input") == "input":
+        label += " (input grouping)"
     if params.get("width_policy") == "global":
         label += " (global widths)"
     if params.get("prune") is False:
