@@ -64,20 +64,27 @@ def load_results(path: str | Path) -> tuple[dict, list]:
     return data.get("settings", {}), data["models"]
 
 
+# Settings of a measurement that a file may lack without changing the others: results from before
+# `eval --other-source` existed have no second-domain perplexity (the table shows "-"), and the rest is comparable.
+OPTIONAL_SETTINGS = ("other_perplexity",)
+
+
 def merge_results(paths: Sequence[str | Path]) -> tuple[dict, list]:
     """The models of several `--json` files as one list, so each model can be evaluated in its own run.
 
     Numbers measured under different settings (a `--limit`, another dtype) must not share a table, so
-    the files' settings have to agree.
+    the files' settings have to agree (an `OPTIONAL_SETTINGS` entry may be missing from some of them).
     """
     settings, models = load_results(paths[0])
     for path in paths[1:]:
         other, more = load_results(path)
-        differing = sorted(k for k in settings.keys() | other.keys() if settings.get(k) != other.get(k))
+        differing = sorted(k for k in settings.keys() | other.keys() if settings.get(k) != other.get(k)
+                           and not (k in OPTIONAL_SETTINGS and None in (settings.get(k), other.get(k))))
         if differing:
             raise ValueError(f"{path} was measured with other settings than {paths[0]} ({', '.join(differing)}: "
                              f"{[other.get(k) for k in differing]} vs {[settings.get(k) for k in differing]}); "
                              "re-run `flatten-hf eval` with the same options or report the files separately")
+        settings = {**other, **settings}  # an optional setting that only some files have is named once
         models = models + more
     return settings, models
 

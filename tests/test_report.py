@@ -196,6 +196,21 @@ def test_report_reference_must_name_a_method_of_the_table(tmp_path, capsys):
     assert not (tmp_path / "r").exists()  # nothing written
 
 
+def test_report_joins_results_from_before_the_second_domain_perplexity(tmp_path):
+    """Older files lack the fiction perplexity; that measurement is optional, the rest must still agree."""
+    data = json.loads(eval_json(tmp_path).read_text())
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps({"settings": data["settings"], "models": data["models"][:2]}))
+    newer = {**data["models"][2], "other_perplexity": 61.5, "other_perplexity_source": "lambada"}
+    new.write_text(json.dumps({"settings": {**data["settings"], "other_perplexity": "lambada evaluation part"},
+                               "models": [newer]}))
+    out = tmp_path / "report"
+    assert main(["report", "--eval", str(old), str(new), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "ppl (lambada)" in text and "| 61.50 |" in text and "| short | shortgpt | 0.17 | 5 | 0.0 | 30.00 | - |" in text
+    assert "other_perplexity: lambada evaluation part" in text
+
+
 def test_request_cache_prefix_changes_with_weights_and_dtype(tmp_path):
     from flatten_hf.evaluation import request_cache_prefix
 
