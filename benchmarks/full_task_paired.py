@@ -24,7 +24,8 @@ TASK_LABELS = {"piqa": "PIQA", "hellaswag": "HS", "winogrande": "WG", "arc_easy"
 
 def without(scores: dict[str, dict[int, float]], excluded: dict[str, list[int]]) -> dict[str, dict[int, float]]:
     """`scores` less the documents listed in `excluded`, task by task."""
-    return {task: {i: v for i, v in docs.items() if i not in set(excluded.get(task, ()))}
+    dropped = {task: set(ids) for task, ids in excluded.items()}
+    return {task: {i: v for i, v in docs.items() if i not in dropped.get(task, set())}
             for task, docs in scores.items()}
 
 
