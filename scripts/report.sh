@@ -15,7 +15,8 @@
 # FlattenGPT 0.2 checkpoint's perplexity and 58,548 of its requests, the rest came from the cache).
 #
 #   MODEL          offline asset name (default smollm2-135m); NAME: checkpoint prefix (default smollm2)
-#   RATIOS         compression ratios (default "0.1 0.2 0.3"); METHODS (default "shortgpt flattengpt replaceme come")
+#   RATIOS         compression ratios (default "0.1 0.2 0.3"); METHODS (default "shortgpt flattengpt replaceme replaceme-cosine come"):
+#                  registered methods with their defaults, or replaceme-cosine (ReplaceMe with --estimator cosine)
 #   RECOVER        methods whose checkpoints are also recovered (default "flattengpt"; "" for none): flatten-hf
 #                  recover with RECOVER_STEPS (default 200) distillation steps into OUT/<checkpoint>-recovered,
 #                  evaluated like the others (the report names them "<method> + recover"; not benchmarked: same shape)
@@ -41,11 +42,18 @@ if [ -n "${LIMIT:-}" ]; then EVAL_ARGS+=(--limit "$LIMIT"); fi
 if [ -n "${MAX_WINDOWS:-}" ]; then EVAL_ARGS+=(--max-windows "$MAX_WINDOWS"); fi
 mkdir -p "$OUT" "$EVAL_DIR"
 models=("$MODEL")
+# Compress arguments of a METHODS entry: a method name, or one of the named variants below.
+compress_args() {
+  case $1 in
+    replaceme-cosine) echo "--method replaceme --estimator cosine" ;;
+    *) echo "--method $1" ;;
+  esac
+}
 recovered=()
-for method in ${METHODS:-shortgpt flattengpt replaceme come}; do
+for method in ${METHODS:-shortgpt flattengpt replaceme replaceme-cosine come}; do
   for ratio in ${RATIOS:-0.1 0.2 0.3}; do
     dir="$OUT/$NAME-$method-$ratio"
-    [ -f "$dir/config.json" ] || $F -q compress "$MODEL" --method "$method" --ratio "$ratio" \
+    [ -f "$dir/config.json" ] || $F -q compress "$MODEL" $(compress_args "$method") --ratio "$ratio" \
       --calib-samples "${CALIB_SAMPLES:-64}" --out "$dir"
     models+=("$dir")
     if [[ " ${RECOVER-flattengpt} " == *" $method "* ]]; then
