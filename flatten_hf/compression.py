@@ -114,6 +114,8 @@ def _plan_and_layers(model: PreTrainedModel, method: str | Any, tokenizer: Any, 
     calibration = calibration or CalibrationConfig()
     # Everything that can be checked without compute is checked here, before minutes of calibration.
     layers_to_remove(model.config.num_hidden_layers, config.num_layers, config.ratio)
+    if METHODS[name].check:
+        METHODS[name].check(config, model.config)
     if calibration_ids is None and tokenizer is None:
         raise ValueError("compress needs a tokenizer to build calibration data, or ready calibration_ids.")
     seq_len = calibration.seq_len if calibration_ids is None else calibration_ids.shape[-1]

@@ -14,7 +14,8 @@ and [b+1..d] is scored by one of two rules (`GROUP_SCORES`):
   pairs whose inputs are alike but whose updates are large.
 
 Each step merges the best-scoring adjacent pair until the target depth is reached; groups may grow to three
-or more.
+or more. Groups can also be given by hand (`parse_groups`, FlattenGPT's ``groups`` option), e.g. to place the
+flattening where another method's plan removes layers.
 """
 
 from __future__ import annotations
@@ -92,4 +93,41 @@ def greedy_groups(similarity: torch.Tensor, num_merges: int, max_group_size: int
     for _ in range(num_merges):
         groups = merge_best_adjacent(
             groups, lambda k: merge_score(similarity, groups[k][0], groups[k + 1][-1], group_score), max_group_size)
+    return groups
+
+
+def parse_groups(text: str) -> list[list[int]]:
+    """'3-4,12-18' -> [[3, 4], [12, ..., 18]]: runs of adjacent layers given by hand, each of two or more."""
+    groups = []
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        try:
+            a, b = int(first), int(last if sep else first)
+        except ValueError:
+            raise ValueError(f"--fixed-groups must be comma-separated layer ranges like '3-4,12-18', got {part.strip()!r}.") from None
+        if b <= a:
+            raise ValueError(f"--fixed-groups: {part.strip()!r} is not a run of two or more layers (first-last, first < last).")
+        groups.append(list(range(a, b + 1)))
+    for left, right in zip(groups, groups[1:]):
+        if right[0] <= left[-1]:
+            raise ValueError(f"--fixed-groups must be in order and must not overlap: {left[0]}-{left[-1]} then "
+                             f"{right[0]}-{right[-1]}.")
+    return groups
+
+
+def given_groups(text: str, num_layers: int, num_merges: int) -> list[list[int]]:
+    """Every layer's group, from `parse_groups(text)` (the layers it names nothing are groups of one),
+    checked against the model's depth and the number of layers to remove."""
+    merged = parse_groups(text)
+    if merged[-1][-1] >= num_layers:
+        raise ValueError(f"--fixed-groups names layer {merged[-1][-1]}, but the model has layers 0-{num_layers - 1}.")
+    removed = sum(len(g) - 1 for g in merged)
+    if removed != num_merges:
+        raise ValueError(f"--fixed-groups {text!r} removes {removed} layers, but --ratio/--num-layers asks for {num_merges}; "
+                         "give groups whose sizes minus one add up to that.")
+    starts = {g[0]: g for g in merged}
+    groups, i = [], 0
+    while i < num_layers:
+        groups.append(starts.get(i, [i]))
+        i += len(groups[-1])
     return groups

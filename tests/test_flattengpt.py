@@ -105,6 +105,26 @@ def test_output_group_score_follows_the_recorded_similarity_of_input_and_output(
     assert [best, best + 1] in params["groups"]
 
 
+def test_fixed_groups_rebuild_the_similarity_groups_exactly(arch):
+    """Giving a plan's own groups by hand reproduces its weights: the grouping is the only thing replaced."""
+    model, ids = tiny_model(arch), calibration()
+    chosen = compress(model, FlattenGPTConfig(num_layers=2), calibration_ids=ids)
+    merged = [g for g in chosen.config.flatten["method_params"]["groups"] if len(g) > 1]
+    text = ",".join(f"{g[0]}-{g[-1]}" for g in merged)
+    fixed = compress(model, FlattenGPTConfig(num_layers=2, fixed_groups=text), calibration_ids=ids)
+    params = fixed.config.flatten["method_params"]
+    assert params["fixed_groups"] == text and "similarity_matrix" not in params
+    assert fixed.config.flatten["layers"] == chosen.config.flatten["layers"]
+    for (name, a), b in zip(chosen.state_dict().items(), fixed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_fixed_groups_flatten_where_they_are_told(arch):
+    model = tiny_model(arch)
+    out = compress(model, FlattenGPTConfig(num_layers=1, fixed_groups="0-1"), calibration_ids=calibration())
+    assert out.config.flatten["method_params"]["groups"] == [[0, 1], [2], [3]]
+
+
 def test_bad_options_are_explained():
     with pytest.raises(ValueError, match="width_policy must be one of"):
         FlattenGPTConfig(ratio=0.2, width_policy="local")
@@ -112,6 +132,8 @@ def test_bad_options_are_explained():
         FlattenGPTConfig(ratio=0.2, similarity="twice")
     with pytest.raises(ValueError, match="target must be one of"):
         FlattenGPTConfig(ratio=0.2, target="teacher")
+    with pytest.raises(ValueError, match="--fixed-groups must be comma-separated layer ranges"):
+        FlattenGPTConfig(ratio=0.2, fixed_groups="1 2")
 
 
 def test_dense_target_equals_sequential_target_before_any_drift(arch):

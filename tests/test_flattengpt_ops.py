@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flatten_hf.grouping import SimilarityAccumulator, greedy_groups
+from flatten_hf.grouping import SimilarityAccumulator, given_groups, greedy_groups, parse_groups
 from flatten_hf.ops.channel_selection import ridge_leverage_scores, top_k
 from flatten_hf.ops.compensation import least_squares_refit, nystrom_compensation, residual_error, ridge_lambda
 from flatten_hf.ops.head_selection import group_columns, select_kv_groups
@@ -170,3 +170,22 @@ def test_norm_token_weighting_divides_each_token_by_its_rms():
     sink_share = {w: ((error / token_scale(h, w)) ** 2).sum(-1).view(2, 5)[:, 0].sum() / ((error / token_scale(h, w)) ** 2).sum()
                   for w in ("uniform", "norm")}
     assert sink_share["uniform"] > 0.99 and sink_share["norm"] == pytest.approx(0.2)
+
+
+def test_fixed_groups_partition_every_layer():
+    assert parse_groups("3-4, 12-14") == [[3, 4], [12, 13, 14]]
+    assert given_groups("1-2,4-6", num_layers=8, num_merges=3) == [[0], [1, 2], [3], [4, 5, 6], [7]]
+
+
+@pytest.mark.parametrize("text, merges, message", [
+    ("1-2", 2, "removes 1 layers, but --ratio/--num-layers asks for 2"),
+    ("6-8", 2, "names layer 8, but the model has layers 0-7"),
+    ("3-3", 0, "'3-3' is not a run of two or more layers"),
+    ("4-5,1-2", 2, "must be in order and must not overlap: 4-5 then 1-2"),
+    ("1-3,3-4", 3, "must not overlap: 1-3 then 3-4"),
+    ("one-two", 1, "comma-separated layer ranges"),
+])
+def test_fixed_groups_that_do_not_fit_are_named(text, merges, message):
+    with pytest.raises(ValueError, match="--fixed-groups") as e:
+        given_groups(text, num_layers=8, num_merges=merges)
+    assert message in str(e.value)

@@ -448,6 +448,13 @@ def test_library_configs_name_the_field():
         flatten_hf.FlattenGPTConfig(ratio=0.2, similarity_metric="dot")
 
 
+def test_fixed_groups_past_the_models_depth(checkpoint, tmp_path, capsys):
+    code = main(["compress", str(checkpoint), "--method", "flattengpt", "--num-layers", "1", "--fixed-groups", "3-4",
+                 "--out", str(tmp_path / "out"), "--calib-samples", "2", "--seq-len", "16"])
+    one_line_error(capsys, code, "--fixed-groups names layer 4, but the model has layers 0-3")
+    assert not (tmp_path / "out").exists()
+
+
 def test_seq_len_beyond_the_models_positions(checkpoint, tmp_path, capsys):
     code = main(["compress", str(checkpoint), "--num-layers", "1", "--out", str(tmp_path / "out"),
                  "--calib-samples", "2", "--seq-len", "4096"])

@@ -14,9 +14,13 @@ from flatten_hf.methods.registry import CliOption
 
 from .tiny import tiny_model
 
+TEXT_EXAMPLES = {"fixed_groups": "0-1"}  # free-text options: a value valid for a 4-layer model losing one layer
+
 
 def non_default(o: CliOption):
     """A valid value other than the default, for each kind of option."""
+    if o.name in TEXT_EXAMPLES:
+        return TEXT_EXAMPLES[o.name]
     if o.is_switch:
         return not o.default
     if o.choices:

@@ -40,9 +40,11 @@ from ..grouping import (
     GROUP_SCORES,
     SIMILARITY_METRICS,
     SimilarityAccumulator,
+    given_groups,
     greedy_groups,
     merge_best_adjacent,
     merge_score,
+    parse_groups,
 )
 from ..ops.layer_weights import LayerState
 from ..ops.width_allocation import allocate_widths
@@ -108,6 +110,10 @@ class FlattenGPTConfig:
             'float32', which halves the largest allocation of a group, the wide MLP's channels x channels
             Gram (2 x 14336 channels for Llama-3-8B: 6.6 GB in float64); on the tiny-model tests it keeps
             the same heads and channels as float64, with weights within 1e-3.
+        fixed_groups: the groups given by hand, as layer ranges ('3-4,12-18,25-27'; the layers it leaves out stay
+            whole), instead of the similarity grouping: to flatten where another method's plan removes
+            layers, or to rebuild a plan's groups. Their sizes minus one must add up to the layers removed;
+            `similarity` and `max_group_size` then have no effect.
         similarity_tokens: calibration tokens used for similarities and the global ranking. 8192 by
             default: on SmolLM2 the groups at ratios 0.1/0.2/0.3 are identical from 4096, 8192 and
             16384 tokens, and each halving saves a quarter of a dense forward pass of compute.
@@ -149,6 +155,10 @@ class FlattenGPTConfig:
         check="non_negative")
     max_group_size: int | None = option(
         None, "most original layers flattened into one block (default: no limit)", type=int, check="positive")
+    fixed_groups: str | None = option(
+        None, "flatten these runs of layers instead of choosing them by similarity (--similarity and "
+              "--max-group-size then have no effect), e.g. '3-4,12-18': the layers left out stay whole, and the "
+              "sizes minus one must add up to the layers removed", type=str)
     similarity_tokens: int = option(
         8192, "calibration tokens used for the layer similarities and the global ranking (default 8192)",
         check="positive")
@@ -164,6 +174,8 @@ class FlattenGPTConfig:
 
     def __post_init__(self) -> None:
         check_options(self)  # choices and numeric rules of the option(...) fields, named on failure
+        if self.fixed_groups is not None:
+            parse_groups(self.fixed_groups)  # the syntax; the model's depth is checked by `check_groups`
         if self.width_multiple != 1 and self.width_policy != "global":
             raise ValueError("width_multiple (--width-multiple) rounds per-layer MLP widths; it needs "
                              "width_policy='global' (--width-policy global): the uniform policy keeps the dense widths.")
@@ -248,7 +260,10 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
     n_layers = cfg.num_hidden_layers
     n_merges = layers_to_remove(n_layers, config.num_layers, config.ratio)
     stats_runner = runner.head(config.similarity_tokens)
-    if config.similarity == "one-shot":
+    similarity = None
+    if config.fixed_groups is not None:
+        groups = given_groups(config.fixed_groups, n_layers, n_merges)
+    elif config.similarity == "one-shot":
         similarity = layer_similarity(model, stats_runner, config.similarity_metric)
         groups = greedy_groups(similarity, n_merges, config.max_group_size, config.group_score)
     else:
@@ -278,17 +293,27 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
         layers.append(sources)
         states.append(state)
         runner.advance(outputs)
-    plan = MergePlan(method="flattengpt", source_num_hidden_layers=n_layers, layers=layers,
-                     method_params={"groups": groups, "group_reports": reports,
-                                    "similarity_matrix": [[round(v, 5) for v in row] for row in similarity.tolist()]})
+    params = {"groups": groups, "group_reports": reports}
+    if similarity is not None:
+        params["similarity_matrix"] = [[round(v, 5) for v in row] for row in similarity.tolist()]
+    plan = MergePlan(method="flattengpt", source_num_hidden_layers=n_layers, layers=layers, method_params=params)
     return plan, states
+
+
+def check_groups(config: FlattenGPTConfig, model_config) -> None:
+    """Given groups must fit the model's depth and remove as many layers as asked (before any compute)."""
+    if config.fixed_groups is not None:
+        n_layers = model_config.num_hidden_layers
+        given_groups(config.fixed_groups, n_layers, layers_to_remove(n_layers, config.num_layers, config.ratio))
 
 
 def _label(params: dict) -> str:
     """The report's name of a FlattenGPT variant: the options that change what kind of model it is."""
     label = "flattengpt"
     # Plans from before a grouping option existed record nothing: cosine similarity, rated by the group's inputs.
-    if params.get("similarity_metric", "cosine") == "cosine":
+    if params.get("fixed_groups"):
+        label += " (fixed groups)"
+    elif params.get("similarity_metric", "cosine") == "cosine":
         label += " (cosine grouping)"
     elif params.get("group_score", "input") == "input":
         label += " (input grouping)"
@@ -302,7 +327,7 @@ def _label(params: dict) -> str:
 
 
 register_method(MethodSpec(
-    name="flattengpt", config_class=FlattenGPTConfig, run=flattengpt, label=_label,
+    name="flattengpt", config_class=FlattenGPTConfig, run=flattengpt, label=_label, check=check_groups,
     title="FlattenGPT", paper="[arXiv:2602.08858](https://arxiv.org/abs/2602.08858)",
     summary="Runs of adjacent layers chosen by the similarity of their hidden states (see the plan's group_score) "
             "were flattened into one wide block (their attention heads "

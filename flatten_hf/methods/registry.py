@@ -83,6 +83,8 @@ class MethodSpec:
             `model.model.layers[i]` and collects its new layers in `new_layer_states(model)`.
         title, paper, summary, citation: the model card's text (paper as a Markdown link).
         label: the report's name of a variant, from the plan's `method_params` (default: the name).
+        check: `(config, model_config) -> None`, raising `ValueError` for options that do not fit the model
+            (e.g. layer indices past its depth); run before any calibration, so bad input costs no compute.
     """
 
     name: str
@@ -93,6 +95,7 @@ class MethodSpec:
     summary: str
     citation: str
     label: Callable[[dict], str] | None = None
+    check: Callable[[Any, Any], None] | None = None
 
     def options(self) -> list[CliOption]:
         """The config fields declared with `option(...)`, in declaration order."""
