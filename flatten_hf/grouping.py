@@ -14,7 +14,7 @@ and [b+1..d] is scored by one of two rules (`GROUP_SCORES`):
   pairs whose inputs are alike but whose updates are large.
 
 Each step merges the best-scoring adjacent pair until the target depth is reached; groups may grow to three
-or more. Groups can also be given by hand (`parse_groups`, FlattenGPT's ``groups`` option), e.g. to place the
+or more. Groups can also be given by hand (`parse_groups`, FlattenGPT's ``fixed_groups`` option), e.g. to place the
 flattening where another method's plan removes layers.
 """
 
@@ -116,7 +116,7 @@ def parse_groups(text: str) -> list[list[int]]:
 
 
 def given_groups(text: str, num_layers: int, num_merges: int) -> list[list[int]]:
-    """Every layer's group, from `parse_groups(text)` (the layers it names nothing are groups of one),
+    """Every layer's group, from `parse_groups(text)` (the layers it does not name are groups of one),
     checked against the model's depth and the number of layers to remove."""
     merged = parse_groups(text)
     if merged[-1][-1] >= num_layers:
