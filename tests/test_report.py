@@ -182,6 +182,7 @@ def test_report_labels_flattengpt_plans_by_the_grouping_they_used():
     assert label({"similarity_metric": "l2", "group_score": "input"})[0] == "flattengpt (input grouping)"
     assert label({"similarity_metric": "l2"})[0] == "flattengpt (input grouping)"
     assert label({})[0] == "flattengpt (cosine grouping)"
+    assert label({**DEFAULT_GROUPING, "fixed_groups": "3-4,12-18"})[0] == "flattengpt (fixed groups)"
     assert label({**DEFAULT_GROUPING, "recovery": {"steps": 200}})[0] == "flattengpt + recover"
 
 
