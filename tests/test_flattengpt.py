@@ -85,6 +85,39 @@ def test_global_width_policy_spends_the_uniform_budget(arch):
     assert torch.isfinite(spread(calibration(1)).logits).all()
 
 
+@torch.no_grad()
+def test_split_width_policy_is_never_further_from_the_target_than_the_dense_split(arch):
+    """'split' prunes a block to every split of one layer's parameters between attention and MLP; the dense
+    split is among them and all are judged on the same tokens, so the winner is at least as close."""
+    model = tiny_model(arch, attn="eager")
+    reports = {}
+    for policy in ("uniform", "split"):
+        runner = LayerwiseRunner(model, calibration(), batch_size=4)
+        reports[policy] = compress_group(model, runner, [0, 1], FlattenGPTConfig(num_layers=1, width_policy=policy),
+                                         (2, 48))[3]
+    uniform, split = reports["uniform"]["rel_errors"], reports["split"]["rel_errors"]
+    # tiny layers: a key/value group (two query heads) costs as much as 32 MLP channels
+    assert [k for k in split if k.startswith("flattened")] == [
+        "flattened 2 kv groups, 48 channels", "flattened 1 kv groups, 80 channels", "flattened 3 kv groups, 16 channels"]
+    assert split["flattened 2 kv groups, 48 channels"] == pytest.approx(uniform["flattened"], rel=1e-6)
+    assert min(split.values()) <= min(uniform.values()) * (1 + 1e-6)
+    chosen = reports["split"]
+    if chosen["choice"].startswith("flattened"):
+        assert chosen["choice"] == "flattened {} kv groups, {} channels".format(*chosen["widths"])
+
+
+def test_split_width_policy_keeps_the_parameter_count(arch, tmp_path):
+    model = tiny_model(arch)
+    uniform = compress(model, FlattenGPTConfig(num_layers=2), calibration_ids=calibration())
+    split = compress(model, FlattenGPTConfig(num_layers=2, width_policy="split"), calibration_ids=calibration())
+    count = lambda m: sum(p.numel() for n, p in m.named_parameters() if "norm" not in n)  # noqa: E731
+    assert 0 <= count(uniform) - count(split) < 3 * 64  # at most one MLP channel's worth left unspent
+    assert torch.isfinite(split(calibration(1)).logits).all()
+    split.save_pretrained(tmp_path)
+    params = split.config.flatten["method_params"]
+    assert all(len(r["widths"]) == 2 for r in params["group_reports"])
+
+
 def test_iterative_similarity_merges_the_requested_number_of_layers(arch):
     model = tiny_model(arch)
     out = compress(model, FlattenGPTConfig(num_layers=2, similarity="iterative"), calibration_ids=calibration())

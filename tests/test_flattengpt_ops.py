@@ -8,7 +8,8 @@ import torch
 from flatten_hf.grouping import SimilarityAccumulator, given_groups, greedy_groups, parse_groups
 from flatten_hf.ops.channel_selection import ridge_leverage_scores, top_k
 from flatten_hf.ops.compensation import least_squares_refit, nystrom_compensation, residual_error, ridge_lambda
-from flatten_hf.ops.head_selection import group_columns, select_kv_groups
+from flatten_hf.ops.head_selection import group_columns, greedy_selection, head_importance, select_kv_groups
+from flatten_hf.ops.width_allocation import equal_budget_splits
 
 F64 = torch.float64
 
@@ -96,6 +97,48 @@ def test_head_selection_keeping_everything_without_refit_is_the_identity():
     kept, w_new, err = select_kv_groups(z.T @ z, z.T @ target, (target**2).sum().item(), w_o, n_rep=2, head_dim=2,
                                         keep=3, lam=1.0, refit=False)
     assert kept == [0, 1, 2] and torch.equal(w_new, w_o) and err == pytest.approx(0, abs=1e-6)
+
+
+def test_head_selection_of_many_groups_beats_the_ranking_when_heads_repeat():
+    """Too many selections to score (C(8, 3) > max_exhaustive): groups 0 and 1 write the same, loudest thing,
+    so the energy ranking keeps both and wastes one; greedy selection by the refit error keeps one of them."""
+    gen = torch.Generator().manual_seed(2)
+    n_rep, head_dim, d = 1, 2, 6
+    z = torch.randn(600, 8 * head_dim, generator=gen, dtype=F64)
+    z[:, 2:4] = z[:, 0:2]  # group 1 repeats group 0
+    z[:, :4] *= 3.0
+    w_o = torch.randn(8 * head_dim, d, generator=gen, dtype=F64)
+    w_o[2:4] = w_o[0:2]
+    target = z @ w_o
+    gram, cross, tsq = z.T @ z, z.T @ target, (target**2).sum().item()
+    ranked = head_importance(gram, w_o, n_rep, head_dim).topk(3).indices.sort().values.tolist()
+    assert {0, 1} <= set(ranked)
+    cols = group_columns(ranked, n_rep, head_dim)
+    ranked_err = residual_error(gram[cols][:, cols], cross[cols], tsq,
+                                least_squares_refit(gram[cols][:, cols], cross[cols], w_o[cols], 1e-6))
+    kept, _, err = select_kv_groups(gram, cross, tsq, w_o, n_rep, head_dim, keep=3, lam=1e-6, refit=True,
+                                    max_exhaustive=10)
+    assert not {0, 1} <= set(kept) and err < 0.9 * ranked_err
+
+
+def test_greedy_selection_adds_the_best_group_at_each_step():
+    weights = {0: 5.0, 1: 1.0, 2: 3.0, 3: 4.0}
+    error = lambda groups: -sum(weights[g] for g in groups)  # noqa: E731
+    assert greedy_selection(4, 2, error) == (0, 3)
+    assert greedy_selection(4, 4, error) == (0, 1, 2, 3)
+
+
+def test_equal_budget_splits_spend_one_layers_parameters():
+    kv_params, channel_params = 295, 2  # a key/value group costs 147.5 channels
+    splits = equal_budget_splits(kv_params, channel_params, kv=3, channels=100, max_kv=21, max_channels=700)
+    budget = 3 * kv_params + 100 * channel_params
+    assert splits[0] == (3, 100)  # the dense split first
+    assert [k for k, _ in splits] == [3, 1, 2]  # 4+ groups leave no channel; half of 3 rounds down to 1
+    for k, c in splits:
+        assert 0 <= budget - (k * kv_params + c * channel_params) < channel_params
+    wide = equal_budget_splits(10, 1, kv=4, channels=100, max_kv=5, max_channels=120)
+    assert wide == [(4, 100), (2, 120), (3, 110), (5, 90)]  # 6 groups: more than the wide block holds
+    assert equal_budget_splits(10, 1, kv=4, channels=100, max_kv=5, max_channels=115)[1:] == [(3, 110), (5, 90)]
 
 
 def test_greedy_grouping_scores_a_group_by_its_first_and_last_inputs():

@@ -20,6 +20,7 @@ from ..ops.compensation import least_squares_refit, relative_error, ridge_lambda
 from ..ops.folding import fold_norms
 from ..ops.head_selection import query_heads, select_kv_groups
 from ..ops.layer_weights import LayerState, concat, select
+from ..ops.width_allocation import equal_budget_splits
 from ..plan import SourceSlice
 from .replaceme import ReplaceMeConfig, absorbing_layer, fit_block
 
@@ -84,6 +85,7 @@ class GroupFlattener:
         self.mlp, self.mlp_norm = roles.module(self.wide, "mlp"), roles.module(self.wide, "mlp_norm")
         self.attention_output, self.mlp_output = (roles.module(self.wide, "attention_output"),
                                                   roles.module(self.wide, "mlp_output"))
+        self._reference = None
 
     def _layer(self, state: LayerState, heads: int, kv_heads: int, channels: int) -> nn.Module:
         return loaded_decoder_layer(self.cfg, self.group[0], state, heads, kv_heads, channels, self.runner.device,
@@ -196,7 +198,9 @@ class GroupFlattener:
         block's input), e.g. with the dense model's hidden states to also undo earlier groups' drift.
         """
         opts = self.options
-        sequential, gram_a, cross_a, tsq_a = self.sequential_reference()
+        if self._reference is None:  # one pass of the members serves every width this block is pruned to
+            self._reference = self.sequential_reference()
+        sequential, gram_a, cross_a, tsq_a = self._reference
         targets = sequential if targets is None else targets
         w_o_name, w_d_name = self.roles.weight_name("attention_output"), self.roles.weight_name("mlp_output")
         w_o = self.wide_state[w_o_name].T  # x @ W layout
@@ -237,6 +241,8 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
     """Flatten one group and prune it to `widths` = (key/value groups, MLP channels), or keep it wide
     (`widths=None`). A pruned block competes with "keep one member whole" (when that fits in the same
     parameter budget); whichever is closest to the target (default: the group's sequential output) wins.
+    With `config.width_policy == 'split'` the block is pruned to every split of the same parameters
+    between key/value groups and MLP channels (`equal_budget_splits`), and these compete too.
 
     With `config.holdout_fraction` > 0 the last batches are held out: the block is fitted on the others
     and the candidates are judged on the held-out ones, so that the refit cannot win by fitting the
@@ -253,8 +259,16 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
     flattener = GroupFlattener(model, fit, group, config)
     # never more than the members have (narrower members, from an input with per-layer widths)
     widths = (min(widths[0], flattener.kv_offsets[-1]), min(widths[1], flattener.channel_offsets[-1]))
-    sources, state, fit_targets, report = flattener.pruned(*widths, targets=None if targets is None else targets[:n_fit])
-    candidates = [("flattened", sources, state)]
+    splits = [widths]
+    if config.width_policy == "split":  # the same parameters, spent differently on attention and MLP
+        splits = equal_budget_splits(flattener.params(1, 0), flattener.params(0, 1), *widths,
+                                     flattener.kv_offsets[-1], flattener.channel_offsets[-1])
+    candidates, pruned_reports = [], {}
+    for kv, channels in splits:
+        name = "flattened" if len(splits) == 1 else f"flattened {kv} kv groups, {channels} channels"
+        sources, state, fit_targets, pruned_reports[name] = flattener.pruned(
+            kv, channels, targets=None if targets is None else targets[:n_fit])
+        candidates.append((name, sources, state))
     if flattener.params(*widths) >= flattener.params(cfg.num_key_value_heads, cfg.intermediate_size):
         candidates += [(f"keep layer {i}", [whole_layer(cfg, i)], layer_state(model, i)) for i in group]
         if config.map_candidate:
@@ -281,7 +295,10 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
     name, srcs, st, outputs, layer = best
     if held is not None:
         outputs = runner.run(layer, flattener.layer_type)
-    report.update(choice=name, widths=list(widths), rel_errors={k: round(v, 8) for k, v in errors.items()},
+    pruned_name = name if name in pruned_reports else candidates[0][0]
+    report = pruned_reports[pruned_name]
+    report.update(choice=name, widths=list(splits[[c[0] for c in candidates].index(pruned_name)]),
+                  rel_errors={k: round(v, 8) for k, v in errors.items()},
                   judged_on="held-out" if held is not None else "calibration")
     logger.info("group %s: %s (relative errors %s)", group, name, report["rel_errors"])
     return srcs, st, outputs, report

@@ -57,7 +57,7 @@ from .registry import MethodSpec, check_options, option, register_method
 logger = logging.getLogger(__name__)
 
 SIMILARITY_MODES = ("one-shot", "iterative")
-WIDTH_POLICIES = ("uniform", "global")
+WIDTH_POLICIES = ("uniform", "global", "split")
 TARGETS = ("sequential", "dense")
 GRAM_DTYPES = ("float64", "float32")
 TOKEN_WEIGHTINGS = ("uniform", "norm")
@@ -85,7 +85,10 @@ class FlattenGPTConfig:
             lower perplexity on both of Qwen2's domains (README, "Where the groups go").
         width_policy: 'uniform' (every flattened block pruned back to the dense widths: a stock
             architecture) or 'global' (kept heads and channels chosen by one ranking across all
-            flattened blocks, at the same total parameter count: per-layer widths).
+            flattened blocks, at the same total parameter count: per-layer widths) or 'split' (every block keeps one
+            dense layer's parameters but tries each split of them between key/value groups and MLP channels from
+            half to twice the dense head count, and keeps the split whose refit block is closest to its target:
+            a seven-layer block may need more attention than one layer has; per-layer widths).
         width_multiple: with the global policy, MLP channels are kept in runs of this many, so every
             width is a multiple of it (llama.cpp's quantization blocks are 32 and 256 values along a down
             projection's rows; a width that is no multiple is stored in a fallback type).
@@ -135,7 +138,8 @@ class FlattenGPTConfig:
     width_policy: str = option(
         "uniform", "prune every flattened block back to the dense widths (uniform, default: a stock architecture), "
         "or choose heads and channels by one ranking across blocks at the same parameter count (global: per-layer "
-        "widths)", choices=WIDTH_POLICIES)
+        "widths), or keep one layer's parameters per block but split them between attention and MLP as the block's "
+        "refit error says best (split: per-layer widths)", choices=WIDTH_POLICIES)
     width_multiple: int = option(
         1, "with --width-policy global, keep MLP channels in runs of N so that every width is a multiple of N "
            "(llama.cpp quantizes a down projection fully only then: 32 for q8_0/q4_0, 256 for its k-quants)",
@@ -271,7 +275,7 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
     logger.info("FlattenGPT groups: %s", [g for g in groups if len(g) > 1])
     if not config.prune:
         widths = {}
-    elif config.width_policy == "uniform":
+    elif config.width_policy in ("uniform", "split"):  # split: `compress_group` tries other splits of this budget
         widths = {tuple(g): (cfg.num_key_value_heads, cfg.intermediate_size) for g in groups if len(g) > 1}
     else:
         widths = global_widths(model, stats_runner, groups, config)
@@ -317,8 +321,8 @@ def _label(params: dict) -> str:
         label += " (cosine grouping)"
     elif params.get("group_score", "input") == "input":
         label += " (input grouping)"
-    if params.get("width_policy") == "global":
-        label += " (global widths)"
+    if params.get("width_policy") in ("global", "split"):
+        label += f" ({params['width_policy']} widths)"
     if params.get("prune") is False:
         label += " (depth-only)"
     if params.get("similarity") == "iterative":

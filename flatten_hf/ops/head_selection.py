@@ -7,8 +7,10 @@ target output T (accumulated statistics of the pre-`o_proj` head outputs Z):
     err(S) = || Z_S W_S' - T ||^2,   W_S' = W_S (no refit) or the least-squares refit of o_proj.
 
 When the number of candidate selections is small (SmolLM2: 6 groups choose 3 = 20) every one is
-scored exactly; otherwise groups are ranked by FlattenGPT's head importance, the energy a head writes
-into the residual stream: E ||z_i||^2 weighted by the squared norms of its o_proj columns.
+scored exactly; otherwise two selections compete: the groups ranked by FlattenGPT's head importance
+(the energy a head writes into the residual stream: E ||z_i||^2 weighted by the squared norms of its
+o_proj columns), and greedy forward selection by the refit error, which sees what a ranking cannot:
+two heads that write the same thing are worth one.
 """
 
 from __future__ import annotations
@@ -44,6 +46,19 @@ def head_importance(gram: torch.Tensor, w_o: torch.Tensor, n_rep: int, head_dim:
     return energy.view(-1, n_rep * head_dim).sum(1)
 
 
+def greedy_selection(n_groups: int, keep: int, error) -> tuple[int, ...]:
+    """Add one group at a time, each time the one whose addition leaves the smallest `error(groups)`.
+
+    keep * n_groups evaluations instead of C(n_groups, keep): the fallback for wide blocks whose
+    selections are too many to score one by one.
+    """
+    chosen: tuple[int, ...] = ()
+    for _ in range(keep):
+        rest = [g for g in range(n_groups) if g not in chosen]
+        chosen = min((tuple(sorted(chosen + (g,))) for g in rest), key=error)
+    return chosen
+
+
 def select_kv_groups(gram: torch.Tensor, cross: torch.Tensor, target_sq: float, w_o: torch.Tensor, n_rep: int,
                      head_dim: int, keep: int, lam: float, refit: bool,
                      max_exhaustive: int = 4096) -> tuple[list[int], torch.Tensor, float]:
@@ -69,6 +84,6 @@ def select_kv_groups(gram: torch.Tensor, cross: torch.Tensor, target_sq: float, 
         candidates = itertools.combinations(range(n_groups), keep)
     else:
         ranked = head_importance(gram, w_o, n_rep, head_dim).topk(keep).indices.sort().values
-        candidates = [tuple(ranked.tolist())]
+        candidates = [tuple(ranked.tolist()), greedy_selection(n_groups, keep, lambda g: solve(g)[1])]
     best = min(((groups, *solve(groups)) for groups in candidates), key=lambda item: item[2])
     return list(best[0]), best[1], best[2]

@@ -41,3 +41,22 @@ def allocate_widths(kv_scores: list[torch.Tensor], channel_scores: list[torch.Te
             counts[b][kind] += 1 if kind == 0 else step
             spent += cost
     return [(kv, ch) for kv, ch in counts]
+
+
+def equal_budget_splits(kv_params: int, channel_params: int, kv: int, channels: int, max_kv: int,
+                        max_channels: int) -> list[tuple[int, int]]:
+    """The ways to spend one layer's parameters (`kv` key/value groups and `channels` MLP channels) on
+    attention and MLP: for every key/value count from half to twice `kv`, the most channels that fit.
+
+    A flattened block of several layers may need more attention than one layer has (its members attend to
+    different things) or less; the range is bounded so that the search stays a handful of refits. Splits
+    the wide block cannot fill (more groups or channels than its members hold) are left out; the dense
+    split is always first.
+    """
+    budget = kv * kv_params + channels * channel_params
+    splits = [(kv, channels)]
+    for k in range(max(1, kv // 2), 2 * kv + 1):
+        c = (budget - k * kv_params) // channel_params
+        if k != kv and k <= max_kv and 1 <= c <= max_channels:
+            splits.append((k, int(c)))
+    return splits
