@@ -8,7 +8,7 @@ import torch
 from flatten_hf.grouping import SimilarityAccumulator, given_groups, greedy_groups, parse_groups
 from flatten_hf.ops.channel_selection import ridge_leverage_scores, top_k
 from flatten_hf.ops.compensation import least_squares_refit, nystrom_compensation, residual_error, ridge_lambda
-from flatten_hf.ops.head_selection import group_columns, greedy_selection, head_importance, select_kv_groups
+from flatten_hf.ops.head_selection import greedy_selection, group_columns, head_importance, select_kv_groups
 from flatten_hf.ops.width_allocation import equal_budget_splits
 
 F64 = torch.float64
