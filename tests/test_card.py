@@ -54,6 +54,17 @@ def test_save_writes_a_card_with_hub_metadata_and_the_plan(tmp_path):
     assert "trust_remote_code=True" in text  # per-layer widths ship custom code
 
 
+@pytest.mark.parametrize("options, says", [
+    ({}, "chosen by the similarity of their hidden states"),
+    ({"fixed_groups": "1-2"}, "The runs of adjacent layers 1-2, given by hand"),
+    ({"width_policy": "split"}, "split between heads and channels as each block's refit error said best"),
+    ({"prune": False}, "kept whole: fewer, wider layers"),
+])
+def test_card_describes_what_the_plan_options_did(tmp_path, options, says):
+    _, _, out = compressed_folder(tmp_path, **options)
+    assert says in (out / "README.md").read_text()
+
+
 def test_card_parameter_counts_reconstruct_the_base_model(tmp_path):
     model, compressed, out = compressed_folder(tmp_path)
     text = (out / "README.md").read_text()

@@ -330,14 +330,31 @@ def _label(params: dict) -> str:
     return label
 
 
+def _summary(params: dict) -> str:
+    """The model card's account of what was done, from the plan's options."""
+    if params.get("fixed_groups"):
+        grouping = f"The runs of adjacent layers {params['fixed_groups']}, given by hand (`--fixed-groups`),"
+    else:
+        grouping = ("Runs of adjacent layers chosen by the similarity of their hidden states (see the plan's "
+                    "similarity_metric and group_score)")
+    if params.get("prune") is False:
+        return (f"{grouping} were flattened into one wide block each (their attention heads and MLP channels side by "
+                "side, RMSNorm weights folded in) and kept whole: fewer, wider layers at the full parameter count.")
+    widths = {
+        "global": "to per-block widths chosen by one ranking of every head and channel across blocks",
+        "split": "to one dense layer's parameters, split between heads and channels as each block's refit error "
+                 "said best",
+    }.get(params.get("width_policy", "uniform"), "to the dense layer's widths")
+    return (f"{grouping} were flattened into one wide block each (their attention heads and MLP channels side by "
+            f"side, RMSNorm weights folded in), and each wide block was pruned back {widths}: key/value groups "
+            "scored by the error they leave after a least-squares refit of o_proj, MLP channels by ridge leverage "
+            "scores with a closed-form least-squares refit of down_proj.")
+
+
 register_method(MethodSpec(
     name="flattengpt", config_class=FlattenGPTConfig, run=flattengpt, label=_label, check=check_groups,
     title="FlattenGPT", paper="[arXiv:2602.08858](https://arxiv.org/abs/2602.08858)",
-    summary="Runs of adjacent layers chosen by the similarity of their hidden states (see the plan's group_score) "
-            "were flattened into one wide block (their attention heads "
-            "and MLP channels side by side, RMSNorm weights folded in), and each wide block was pruned back by key/value "
-            "groups (scored by the error they leave after a least-squares refit of o_proj) and by MLP channels (ridge "
-            "leverage scores, with a closed-form least-squares refit of down_proj).",
+    summary=_summary,
     citation="@article{xu2026flattengpt,\n  title   = {Depth Compression for Transformer with Layer Flattening},\n"
              "  author  = {Xu, Ruihan and Guo, Qingpei and Zhu, Yao and Ji, Xiangyang and Yang, Ming and Zhang, Shiliang},\n"
              "  journal = {arXiv preprint arXiv:2602.08858},\n  year    = {2026}\n}",

@@ -81,7 +81,8 @@ class MethodSpec:
         run: `(model, runner, config) -> (MergePlan, layer states)`. The model may be streamed (its layers
             read from disk when indexed, see `flatten_hf.streaming`): a method reaches layers only as
             `model.model.layers[i]` and collects its new layers in `new_layer_states(model)`.
-        title, paper, summary, citation: the model card's text (paper as a Markdown link).
+        title, paper, summary, citation: the model card's text (paper as a Markdown link); `summary` may be a
+            function of the plan's `method_params`, where what was done depends on the options.
         label: the report's name of a variant, from the plan's `method_params` (default: the name).
         check: `(config, model_config) -> None`, raising `ValueError` for options that do not fit the model
             (e.g. layer indices past its depth); run before any calibration, so bad input costs no compute.
@@ -92,7 +93,7 @@ class MethodSpec:
     run: Callable
     title: str
     paper: str
-    summary: str
+    summary: str | Callable[[dict], str]
     citation: str
     label: Callable[[dict], str] | None = None
     check: Callable[[Any, Any], None] | None = None
@@ -109,6 +110,9 @@ class MethodSpec:
             out.append(CliOption(f.name, f"--{flag}", f.default, f.metadata["help"],
                                  f.metadata["type"] or type(f.default), f.metadata["choices"], f.metadata["check"]))
         return out
+
+    def summary_of(self, params: dict) -> str:
+        return self.summary(params) if callable(self.summary) else self.summary
 
     def label_of(self, params: dict) -> str:
         return self.label(params) if self.label else self.name
