@@ -263,11 +263,12 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
     if config.width_policy == "split":  # the same parameters, spent differently on attention and MLP
         splits = equal_budget_splits(flattener.params(1, 0), flattener.params(0, 1), *widths,
                                      flattener.kv_offsets[-1], flattener.channel_offsets[-1])
-    candidates, pruned_reports = [], {}
+    candidates, pruned = [], {}  # pruned: name -> (widths, report) of each pruned block
     for kv, channels in splits:
         name = "flattened" if len(splits) == 1 else f"flattened {kv} kv groups, {channels} channels"
-        sources, state, fit_targets, pruned_reports[name] = flattener.pruned(
-            kv, channels, targets=None if targets is None else targets[:n_fit])
+        sources, state, fit_targets, report = flattener.pruned(kv, channels,
+                                                               targets=None if targets is None else targets[:n_fit])
+        pruned[name] = ((kv, channels), report)
         candidates.append((name, sources, state))
     if flattener.params(*widths) >= flattener.params(cfg.num_key_value_heads, cfg.intermediate_size):
         candidates += [(f"keep layer {i}", [whole_layer(cfg, i)], layer_state(model, i)) for i in group]
@@ -295,10 +296,8 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
     name, srcs, st, outputs, layer = best
     if held is not None:
         outputs = runner.run(layer, flattener.layer_type)
-    pruned_name = name if name in pruned_reports else candidates[0][0]
-    report = pruned_reports[pruned_name]
-    report.update(choice=name, widths=list(splits[[c[0] for c in candidates].index(pruned_name)]),
-                  rel_errors={k: round(v, 8) for k, v in errors.items()},
+    chosen_widths, report = pruned.get(name, pruned[candidates[0][0]])  # a kept member: the dense split's report
+    report.update(choice=name, widths=list(chosen_widths), rel_errors={k: round(v, 8) for k, v in errors.items()},
                   judged_on="held-out" if held is not None else "calibration")
     logger.info("group %s: %s (relative errors %s)", group, name, report["rel_errors"])
     return srcs, st, outputs, report
