@@ -339,18 +339,18 @@ def _summary(params: dict) -> str:
     else:
         grouping = ("Runs of adjacent layers chosen by the similarity of their hidden states (see the plan's "
                     "similarity_metric and group_score)")
+    flattened = (f"{grouping} were flattened into one wide block each (their attention heads and MLP channels side "
+                 "by side, RMSNorm weights folded in)")
     if params.get("prune") is False:
-        return (f"{grouping} were flattened into one wide block each (their attention heads and MLP channels side by "
-                "side, RMSNorm weights folded in) and kept whole: fewer, wider layers at the full parameter count.")
+        return f"{flattened} and kept whole: fewer, wider layers at the full parameter count."
     widths = {
         "global": "to per-block widths chosen by one ranking of every head and channel across blocks",
         "split": "to one dense layer's parameters, split between heads and channels as each block's refit error "
                  "said best",
     }.get(params.get("width_policy", "uniform"), "to the dense layer's widths")
-    return (f"{grouping} were flattened into one wide block each (their attention heads and MLP channels side by "
-            f"side, RMSNorm weights folded in), and each wide block was pruned back {widths}: key/value groups "
-            "scored by the error they leave after a least-squares refit of o_proj, MLP channels by ridge leverage "
-            "scores with a closed-form least-squares refit of down_proj.")
+    return (f"{flattened}, and each wide block was pruned back {widths}: key/value groups scored by the error they "
+            "leave after a least-squares refit of o_proj, MLP channels by ridge leverage scores with a closed-form "
+            "least-squares refit of down_proj.")
 
 
 register_method(MethodSpec(
