@@ -184,7 +184,8 @@ class FlattenGPTConfig:
             parse_groups(self.fixed_groups)  # the syntax; the model's depth is checked by `check_groups`
         if self.width_multiple != 1 and self.width_policy != "global":
             raise ValueError("width_multiple (--width-multiple) rounds per-layer MLP widths; it needs "
-                             "width_policy='global' (--width-policy global): the uniform policy keeps the dense widths.")
+                             "width_policy='global' (--width-policy global), the only policy that rounds them: "
+                             "uniform keeps the dense widths and split tries whole-channel splits of one layer.")
 
 
 def _block(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config, cache: dict):
