@@ -27,6 +27,8 @@ from flatten_hf.gguf_export import export_gguf, misaligned_tensors
 from flatten_hf.gguf_runtime import gguf_perplexity, load_gguf
 from flatten_hf.perplexity import perplexity
 
+from rows import emit_row  # benchmarks/rows.py: this script's folder is on sys.path
+
 SOURCES = ("wikipedia", "lambada")
 
 
@@ -68,10 +70,7 @@ def measure(name: str, types: list[str], windows: int, threads: int, llama_cpp: 
             del llm
             row["prefill_tok_s"], row["decode_tok_s"] = speed(out, ids["wikipedia"][:512].tolist(), 64, threads)
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            if json_path:
-                with open(json_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            emit_row(row, json_path)
     return rows
 
 

@@ -23,6 +23,8 @@ from flatten_hf.data import evaluation_ids
 from flatten_hf.export import OPTIMUM_TOOLS, check_export, export_bytes, export_optimum, export_perplexity
 from flatten_hf.perplexity import windows
 
+from rows import emit_row  # benchmarks/rows.py: this script's folder is on sys.path
+
 SOURCES = ("wikipedia", "lambada")
 
 
@@ -41,10 +43,7 @@ def measure(name: str, format: str, n_windows: int, python: str | None, json_pat
         check = check_export(folder, out, format, python)
     row["max_abs_diff"], row["logit_scale"] = check["max_abs_diff"], check["logit_scale"]
     row["greedy_identical"] = check["greedy_export"] == check["greedy_transformers"]
-    print(json.dumps(row), flush=True)
-    if json_path:
-        with open(json_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    emit_row(row, json_path)
     return row
 
 

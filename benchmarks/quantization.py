@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 from pathlib import Path
 
@@ -32,6 +31,8 @@ from flatten_hf.checkpoint import load_model
 from flatten_hf.data import evaluation_ids
 from flatten_hf.perplexity import perplexity
 from flatten_hf.quantization import quantize_weights, save_quantized
+
+from rows import emit_row  # benchmarks/rows.py: this script's folder is on sys.path
 
 VARIANTS = (("float32", None, True), ("int8", "int8", True), ("int4", "int4", True),
             ("int4, LM head too", "int4", False))
@@ -57,10 +58,7 @@ def measure(name: str, windows: int, variants: list[str], json_path: str | None 
                 row[source] = perplexity(model, evaluation_ids(tokenizer, source), 512, batch_size=1,
                                          max_windows=windows)
         rows.append(row)
-        print(json.dumps(row), flush=True)
-        if json_path:
-            with open(json_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        emit_row(row, json_path)
     return rows
 
 
