@@ -27,10 +27,16 @@ needs_llama_cpp = pytest.mark.skipif(not os.environ.get("LLAMA_CPP_DIR"),
 ARCHS = ("llama", "qwen2")  # the architectures GGUF export supports
 
 
+# Each architecture's tiny models carry a real tokenizer of that family: llama.cpp's converter recognises a
+# tokenizer by how it splits a test text, and transformers rebuilds a qwen2 checkpoint's tokenizer as Qwen2's
+# (its pre-tokenizer over SmolLM2's vocabulary would be a tokenizer llama.cpp has never seen).
+TOKENIZER_ASSETS = {"llama": "smollm2-135m", "qwen2": "qwen2.5-coder-0.5b"}
+
+
 def _tiny_checkpoints(tmp_path, arch: str, **compress_args):
-    """A tiny model with SmolLM2's tokenizer, compressed by ShortGPT (a stock checkpoint) and by FlattenGPT
-    to per-layer widths (a Flattened one)."""
-    tokenizer = AutoTokenizer.from_pretrained(require_asset("smollm2-135m"))
+    """A tiny model with its family's real tokenizer, compressed by ShortGPT (a stock checkpoint) and by
+    FlattenGPT to per-layer widths (a Flattened one)."""
+    tokenizer = AutoTokenizer.from_pretrained(require_asset(TOKENIZER_ASSETS[arch]))
     model = tiny_model(arch, vocab_size=len(tokenizer), **({"use_sliding_window": False} if arch == "qwen2" else {}))
     ids = torch.randint(3, 96, (4, 16), generator=torch.Generator().manual_seed(0))
     stock = flatten_hf.compress(model, "shortgpt", calibration_ids=ids, num_layers=1)
@@ -116,10 +122,7 @@ def test_exported_gguf_computes_what_transformers_computes(tmp_path, arch, caplo
 
     ids = torch.randint(3, 2000, (24,), generator=torch.Generator().manual_seed(1)).tolist()
     stock, per_layer = _tiny_checkpoints(tmp_path, arch)
-    # A stock Qwen2 checkpoint is llama.cpp's own qwen2 path; here it would fail on the tokenizer alone:
-    # transformers 5 loads SmolLM2's tokenizer.json as Qwen2Tokenizer for a qwen2 config, whose
-    # pre-tokenizer llama.cpp does not recognise. (A real Qwen2.5 checkpoint converts: README, Deploy.)
-    for folder in (stock, per_layer) if arch == "llama" else (per_layer,):
+    for folder in (stock, per_layer):  # llama.cpp's own llama / qwen2 path, and its deci path
         out = tmp_path / f"{folder.name}.gguf"
         assert main(["export", str(folder), "--quantize", "f32", "--out", str(out)]) == 0
         model, _ = flatten_hf.load_model(str(folder))
