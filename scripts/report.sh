@@ -22,7 +22,10 @@
 #                  evaluated like the others (the report names them "<method> + recover"; not benchmarked: same shape)
 #   CALIB_SAMPLES  calibration sequences of 512 tokens (default 64)
 #   DTYPE          dtype of the evaluation (default bfloat16: measured 2.0x the float32 speed on a CPU
-#                  with AVX512-BF16; use float32 on CPUs without it)
+#                  with AVX512-BF16; use float32 on CPUs without it: on an AMD EPYC without AVX-512, 200
+#                  PIQA documents took 292 s in bfloat16 and 48 s in float32)
+#   SHARED_PREFIX  1: score the zero-shot tasks with `eval --shared-prefix` (each context once: about half the
+#                  compute; every model of one report must be scored the same way)
 #   LIMIT          documents per zero-shot task, MAX_WINDOWS 2048-token perplexity windows: quick runs
 #                  only (default: none, the full tasks and text)
 #   REPEATS        timing repeats of the speed benchmark (default 3); ROUNDS: processes per model,
@@ -39,6 +42,7 @@ EVAL_ARGS=(--dtype "${DTYPE:-bfloat16}" --batch-size 32 --cache "$OUT/lm-eval-ca
 EVAL_DIR=$DOCS/eval
 if [ -n "${LIMIT:-}" ] || [ -n "${MAX_WINDOWS:-}" ]; then EVAL_DIR=$DOCS/eval-quick; fi
 if [ -n "${LIMIT:-}" ]; then EVAL_ARGS+=(--limit "$LIMIT"); fi
+if [ "${SHARED_PREFIX:-0}" = 1 ]; then EVAL_ARGS+=(--shared-prefix); fi
 if [ -n "${MAX_WINDOWS:-}" ]; then EVAL_ARGS+=(--max-windows "$MAX_WINDOWS"); fi
 mkdir -p "$OUT" "$EVAL_DIR"
 models=("$MODEL")

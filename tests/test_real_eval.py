@@ -89,3 +89,18 @@ def test_zero_shot_on_listed_documents_scores_exactly_those(smollm2):
     assert chosen == {i: everything[i] for i in (1, 3, 6)}
     texts = [r["doc"]["question"] for r in listed["samples"]["arc_challenge"]]
     assert texts == [r["doc"]["question"] for r in first["samples"]["arc_challenge"] if r["doc_id"] in (1, 3, 6)]
+
+
+def test_eval_shared_prefix_scores_every_document_as_lm_eval_does(smollm2, tmp_path):
+    """`eval --shared-prefix` on the real SmolLM2 (float32): every document of five tasks scores as with lm-eval's
+    own HF backend, and the JSON says which scorer it was, so `report` never joins the two."""
+    runs = {}
+    for label, extra in (("lm_eval", []), ("shared", ["--shared-prefix"])):
+        path = tmp_path / f"{label}.json"
+        assert main(["eval", "smollm2-135m", "--tasks", "piqa,hellaswag,winogrande,arc_easy,arc_challenge",
+                     "--limit", "12", "--batch-size", "8", *extra, "--json", str(path)]) == 0
+        runs[label] = json.loads(path.read_text())
+    plain, shared = (runs[k]["models"][0] for k in ("lm_eval", "shared"))
+    assert shared["documents"] == plain["documents"] and shared["tasks"] == plain["tasks"]
+    assert shared["shared_prefix"] and not plain["shared_prefix"]
+    assert runs["shared"]["settings"]["scorer"] == "shared prefix" and "scorer" not in runs["lm_eval"]["settings"]

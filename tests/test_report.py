@@ -140,6 +140,11 @@ def test_report_refuses_to_join_results_measured_with_other_settings(tmp_path, c
     err = capsys.readouterr().err
     assert "other settings" in err and "(limit:" in err
     assert not (tmp_path / "r").exists()  # nothing written
+    # scored by the shared-prefix scorer (`eval --shared-prefix`): not joined with lm-eval's own answers
+    shared = tmp_path / "shared.json"
+    shared.write_text(json.dumps({"settings": {**data["settings"], "scorer": "shared prefix"}, "models": data["models"][:1]}))
+    assert main(["report", "--eval", str(eval_json(tmp_path)), str(shared), "--out", str(tmp_path / "r")]) != 0
+    assert "(scorer:" in capsys.readouterr().err
 
 
 def paired_eval_json(tmp_path):
@@ -212,7 +217,7 @@ def test_report_joins_results_from_before_the_second_domain_perplexity(tmp_path)
     assert "other_perplexity: lambada evaluation part" in text
 
 
-def test_request_cache_prefix_changes_with_weights_and_dtype(tmp_path):
+def test_request_cache_prefix_changes_with_weights_dtype_and_scorer(tmp_path):
     from flatten_hf.evaluation import request_cache_prefix
 
     ckpt = tmp_path / "smollm2-shortgpt-0.2"
@@ -223,6 +228,8 @@ def test_request_cache_prefix_changes_with_weights_and_dtype(tmp_path):
     assert first.startswith(str(tmp_path / "cache" / "smollm2-shortgpt-0.2-bfloat16-"))
     assert request_cache_prefix(tmp_path / "cache", ckpt, "bfloat16") == first
     assert request_cache_prefix(tmp_path / "cache", ckpt, "float32") != first
+    shared = request_cache_prefix(tmp_path / "cache", ckpt, "bfloat16", shared_prefix=True)
+    assert shared != first and "-bfloat16-shared-prefix-" in shared  # the two scorers' answers are cached apart
     weights.write_bytes(b"b" * 11)  # compressed again into the same folder: a fresh cache
     assert request_cache_prefix(tmp_path / "cache", ckpt, "bfloat16") != first
     with pytest.raises(ValueError, match="safetensors"):
