@@ -1,9 +1,10 @@
 """Does a method win outside its calibration domain? The validation protocol behind issue 18's choices.
 
 For each variant (a JSON object: `method`, the method's options, and optionally `calib_source`,
-`calib_samples`, `calib_seq_len`, `recover_steps` and `quantize`), compress the model on `--calib-samples`
+`calib_samples`, `calib_seq_len`, `then`, `recover_steps` and `quantize`), compress the model on `--calib-samples`
 x 512 tokens of that source (or as many sequences of as many tokens as the variant says), then, with
-`recover_steps`, run `flatten_hf.recover` with its defaults for that many steps, with `quantize` (`int8` or
+`then` (another object: `method` and its options), compress the result again on the same tokens (e.g.
+FlattenGPT's first merges, then plain removal of a few more layers), then, with `recover_steps`, run `flatten_hf.recover` with its defaults for that many steps, with `quantize` (`int8` or
 `int4`) quantize its linear weights with optimum-quanto as `flatten-hf eval --quantize` does, and measure,
 with float32 activations (bfloat16 is emulated, and several times slower, on CPUs without AVX512-BF16):
 
@@ -81,12 +82,17 @@ def split_documents(documents: str, limit: int, test: bool) -> tuple[int | None,
 
 
 def zero_shot_record(model, tokenizer, limit: int | None, docs: tuple[int, int] | dict | None = None,
-                     cache: str | None = None) -> dict:
+                     cache: str | None = None, shared_prefix: bool = False) -> dict:
     """The five tasks' scores, their average, and each document's score (a string of 0/1 per task, in
     document order from the split's first document, or with `docs` a sample, in the order of the sample's
-    sorted `doc_ids`, which the record then keeps), so that any two rows can be compared pairwise."""
-    scores, raw = zero_shot(model, tokenizer, limit=limit, docs=docs, batch_size=32, cache=cache, log_samples=True)
+    sorted `doc_ids`, which the record then keeps), so that any two rows can be compared pairwise. With
+    `shared_prefix` the shared-prefix scorer (`flatten_hf.shared_prefix`: in float32 every document of SmolLM2's
+    and Qwen2's samples scores as with lm-eval's HFLM), which the record says."""
+    scores, raw = zero_shot(model, tokenizer, limit=limit, docs=docs, batch_size=32, cache=cache, log_samples=True,
+                            shared_prefix=shared_prefix)
     record = {"tasks": {s.task: round(100 * s.headline, 2) for s in scores}}
+    if shared_prefix:
+        record["scorer"] = "shared_prefix"
     record["avg"], record["avg_stderr"] = (round(100 * v, 2) for v in average(scores))
     record["documents"] = pack_scores(document_scores(raw))
     record["sampling"] = "shuffled" if isinstance(docs, dict) else "first"
@@ -96,12 +102,12 @@ def zero_shot_record(model, tokenizer, limit: int | None, docs: tuple[int, int] 
 
 
 def measure(model, tokenizer, windows: int, texts: dict,
-            split: tuple[int | None, tuple[int, int] | dict | None] | None) -> dict:
+            split: tuple[int | None, tuple[int, int] | dict | None] | None, shared_prefix: bool = False) -> dict:
     """Both perplexities and, with `split` (the `limit` and `docs` of `split_documents`), the zero-shot record."""
     row = {f"ppl_{name}": flatten_hf.perplexity(model, ids, 512, batch_size=4, max_windows=windows)
            for name, ids in texts.items()}
     if split:
-        row.update(zero_shot_record(model, tokenizer, *split))
+        row.update(zero_shot_record(model, tokenizer, *split, shared_prefix=shared_prefix))
     return row
 
 
@@ -146,8 +152,10 @@ def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) 
         start = time.perf_counter()
         tag = f"{args.limit}-{2 * args.limit}" if test else str(args.limit)
         tag += "-shuffled" if args.documents == "shuffled" else ""
+        tag += "-shared-prefix" if args.shared_prefix else ""
         record = zero_shot_record(model, tokenizer, limit, docs,
-                                  cache=str(results_path.parent / f"lm-cache-{results_path.stem}-{index}-{tag}"))
+                                  cache=str(results_path.parent / f"lm-cache-{results_path.stem}-{index}-{tag}"),
+                                  shared_prefix=args.shared_prefix)
         if test:
             done[index]["test"] = {**record, "docs": [args.limit, 2 * args.limit],
                                    "seconds": time.perf_counter() - start}
@@ -285,6 +293,9 @@ def main() -> None:
                         "the default of the earlier results files), or the same ranges of a seeded random order of each "
                         "task (shuffled: a sample of the whole task; HellaSwag's first 3,243 documents are all "
                         "ActivityNet, the other 68%% WikiHow). A results file holds one or the other")
+    p.add_argument("--shared-prefix", action="store_true",
+                   help="score the zero-shot tasks with the shared-prefix scorer (about 2x faster; in float32 the same "
+                        "per-document scores as lm-eval's HFLM on the measured samples; recorded in each row)")
     p.add_argument("--rows", default=None, help="with --zero-shot-saved: score only these rows, in this order "
                                                 "(comma-separated indices of --results)")
     p.add_argument("--zero-shot-saved", action="store_true",
@@ -340,9 +351,13 @@ def main() -> None:
                     torch.save(calibration_data(model, tokenizer, config), cached)
                 calibration[name] = torch.load(cached)
             recover_steps = variant.pop("recover_steps", 0)
+            then = dict(variant.pop("then", None) or {})
             # the config too, so that the plan records where the ids came from
             compressed = flatten_hf.compress(model, method, calibration_ids=calibration[name], calibration=config,
                                              **variant)
+            if then:  # the plan keeps the first compression in its history
+                compressed = flatten_hf.compress(compressed, then.pop("method"), calibration_ids=calibration[name],
+                                                 calibration=config, **then)
             if recover_steps:  # distil the dense model back in (trained in place: never on tensors it shares)
                 compressed = flatten_hf.recover(copy.deepcopy(compressed), model, tokenizer=tokenizer,
                                                 config=flatten_hf.RecoveryConfig(steps=recover_steps))
@@ -352,7 +367,7 @@ def main() -> None:
             flatten_hf.save_compressed(compressed, Path(args.save_dir) / str(len(done)), tokenizer,
                                        card_writer=flatten_hf.write_card)
         row = {"key": key_of(todo[0]), "layers": compressed.config.num_hidden_layers,
-               **measure(compressed, tokenizer, args.windows, texts, split),
+               **measure(compressed, tokenizer, args.windows, texts, split, args.shared_prefix),
                "plan_groups": compressed.config.flatten["merge_plan"] if method != "dense" else None}
         row["seconds"] = time.perf_counter() - start
         done.append(row)
