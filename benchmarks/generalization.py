@@ -1,12 +1,13 @@
 """Does a method win outside its calibration domain? The validation protocol behind issue 18's choices.
 
 For each variant (a JSON object: `method`, the method's options, and optionally `calib_source`,
-`calib_samples`, `calib_seq_len`, `then`, `recover_steps` and `quantize`), compress the model on `--calib-samples`
-x 512 tokens of that source (or as many sequences of as many tokens as the variant says), then, with
-`then` (another object: `method` and its options), compress the result again on the same tokens (e.g.
-FlattenGPT's first merges, then plain removal of a few more layers), then, with `recover_steps`, run `flatten_hf.recover` with its defaults for that many steps, with `quantize` (`int8` or
-`int4`) quantize its linear weights with optimum-quanto as `flatten-hf eval --quantize` does, and measure,
-with float32 activations (bfloat16 is emulated, and several times slower, on CPUs without AVX512-BF16):
+`calib_samples`, `calib_seq_len`, `then`, `recover_steps` and `quantize`), compress the model on
+`--calib-samples` x 512 tokens of that source (or as many sequences of as many tokens as the variant says),
+then, with `then` (another object: `method` and its options), compress the result again on the same tokens
+(e.g. FlattenGPT's first merges, then plain removal of a few more layers), then, with `recover_steps`, run
+`flatten_hf.recover` with its defaults for that many steps, with `quantize` (`int8` or `int4`) quantize its
+linear weights with optimum-quanto as `flatten-hf eval --quantize` does, and measure, with float32 activations
+(bfloat16 is emulated, and several times slower, on CPUs without AVX512-BF16):
 
 - perplexity on the first `--windows` 512-token windows of the Wikipedia evaluation part (the default
   calibration domain) and of the LAMBADA fiction evaluation part (never used for calibration);
@@ -352,6 +353,8 @@ def main() -> None:
                 calibration[name] = torch.load(cached)
             recover_steps = variant.pop("recover_steps", 0)
             then = dict(variant.pop("then", None) or {})
+            if then and "method" not in then:
+                raise SystemExit(f"variant {todo[0]}: 'then' needs a 'method' (and that method's options).")
             # the config too, so that the plan records where the ids came from
             compressed = flatten_hf.compress(model, method, calibration_ids=calibration[name], calibration=config,
                                              **variant)

@@ -76,11 +76,12 @@ def attention_bias(groups: list[PackedGroup], length: int, dtype: torch.dtype) -
     return bias[:, None]
 
 
-def group_requests(requests: list[Request]) -> list[PackedGroup]:
-    """One packed group per distinct context, in order of first appearance."""
+def group_requests(requests: list[Request], indices: list[int] | None = None) -> list[PackedGroup]:
+    """One packed group per distinct context among `requests[i]` for i in `indices` (default: all), in order
+    of first appearance; each group's `requests` are those indices."""
     by_context: dict[tuple[int, ...], list[int]] = {}
-    for i, (_, context, _) in enumerate(requests):
-        by_context.setdefault(tuple(context), []).append(i)
+    for i in range(len(requests)) if indices is None else indices:
+        by_context.setdefault(tuple(requests[i][1]), []).append(i)
     groups = []
     for context, members in by_context.items():
         group = pack(list(context), [requests[i][2] for i in members])
@@ -149,14 +150,11 @@ def shared_prefix_lm_class():
             too_long = [i for i, (_, ctx, cont) in enumerate(requests) if len(ctx) + len(cont) - 1 > limit]
             answers: dict[int, tuple[float, bool]] = {}
             if too_long:
-                for i, answer in zip(too_long, super()._loglikelihood_tokens([requests[i] for i in too_long],
-                                                                             disable_tqdm, override_bs)):
-                    answers[i] = answer
+                answers.update(zip(too_long, super()._loglikelihood_tokens([requests[i] for i in too_long],
+                                                                           disable_tqdm, override_bs)))
             skipped = set(too_long)
             kept = [i for i in range(len(requests)) if i not in skipped]
-            groups = group_requests([requests[i] for i in kept])
-            for g in groups:
-                g.requests = [kept[i] for i in g.requests]
+            groups = group_requests(requests, kept)
             # longest first, as lm-eval does: an out-of-memory shows at once and padding stays small
             groups.sort(key=lambda g: -len(g.tokens))
             budget = int(override_bs or (self.batch_size if self.batch_size != "auto" else 32))
