@@ -185,10 +185,10 @@ def print_table(results: list[dict], split: str = "validation") -> None:
               + " | ".join(str(c) for c in cells) + f" | {avg} | {r['seconds']:.0f} |")
 
 
-def _documents(row: dict, split: str, tasks: tuple[str, ...] = TASKS) -> dict[str, dict[int, float]] | None:
+def row_documents(row: dict, split: str, tasks: tuple[str, ...] = TASKS) -> dict[str, dict[int, float]] | None:
     """Each document's score by task and document id, on one split or (`both`) on the two together."""
     if split == "both":
-        parts = [_documents(row, "validation", tasks), _documents(row, "test", tasks)]
+        parts = [row_documents(row, "validation", tasks), row_documents(row, "test", tasks)]
         return None if None in parts else {t: {**parts[0][t], **parts[1][t]} for t in parts[0]}
     record = row.get("test") if split == "test" else row
     if not record or "documents" not in record:
@@ -208,14 +208,14 @@ def print_paired(results: list[dict], reference: int, split: str = "validation",
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise SystemExit(f"--paired-tasks {','.join(unknown)}: not among the tasks ({','.join(TASKS)}).")
-    ref = _documents(results[reference], split, tasks)
+    ref = row_documents(results[reference], split, tasks)
     if ref is None:
         raise SystemExit(f"row {reference} has no per-document scores on the {split} split; score it again.")
     print(f"{split} split, paired against row {reference}: {results[reference]['key']}; average over {', '.join(tasks)}")
     print("| row | variant | PIQA | HS | WG | ARC-e | ARC-c | avg difference (± paired se) | z |")
     print("|---|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(results):
-        docs = _documents(r, split, tasks)
+        docs = row_documents(r, split, tasks)
         if docs is None or i == reference:
             continue
         d = paired_difference(docs, ref)
@@ -226,7 +226,7 @@ def print_paired(results: list[dict], reference: int, split: str = "validation",
 
 def _quantization_cost(row: dict, base: dict, split: str) -> dict[str, dict[int, float]] | None:
     """Per document, the quantized row's score minus the same variant's float32 score (-1, 0 or +1)."""
-    docs, ref = _documents(row, split), _documents(base, split)
+    docs, ref = row_documents(row, split), row_documents(base, split)
     if docs is None or ref is None:
         return None
     return {task: {i: v - ref[task][i] for i, v in scores.items() if i in ref[task]} for task, scores in docs.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -30,6 +32,11 @@ def mean_token_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def block_influence(inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> float:
     """ShortGPT's Block Influence, BI = 1 - E_t[cos(x_in, x_out)]: how much a block turns the residual stream."""
     return 1.0 - mean_token_cosine(inputs, outputs)
+
+
+def lowest_influence(influences: Sequence[float], n: int) -> list[int]:
+    """Indices of the `n` blocks with the lowest Block Influence, ascending: the ones ShortGPT removes."""
+    return sorted(sorted(range(len(influences)), key=lambda i: influences[i])[:n])
 
 
 def last_token_angular_distance(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:

@@ -21,7 +21,7 @@ import json
 import logging
 import resource
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -214,6 +214,27 @@ class SpilledLayerStates:
 
     def __iter__(self) -> Iterator[LayerState]:
         return (self[i] for i in range(self._count))
+
+    def drop(self, indices: Iterable[int]) -> None:
+        """Delete the layers at `indices` and renumber the rest in order, on disk, without reading them."""
+        dropped = set(indices)
+        kept = [i for i in range(self._count) if i not in dropped]
+        for i in dropped:
+            (self.folder / f"layer-{i:05d}.safetensors").unlink()
+        for new, old in enumerate(kept):  # ascending: slot `new` is free (dropped, or its file already moved)
+            if new != old:
+                (self.folder / f"layer-{old:05d}.safetensors").rename(self.folder / f"layer-{new:05d}.safetensors")
+        self._count = len(kept)
+
+
+def drop_layer_states(states: list[LayerState] | SpilledLayerStates,
+                      indices: Iterable[int]) -> list[LayerState] | SpilledLayerStates:
+    """`states` without the layers at `indices` (a method that decides what to remove once all are built)."""
+    if isinstance(states, SpilledLayerStates):
+        states.drop(indices)
+        return states
+    dropped = set(indices)
+    return [state for i, state in enumerate(states) if i not in dropped]
 
 
 def new_layer_states(model: PreTrainedModel) -> list[LayerState] | SpilledLayerStates:

@@ -10,6 +10,7 @@ from flatten_hf.adapters import get_adapter
 from flatten_hf.calibration import LayerwiseRunner, layer_type_of
 from flatten_hf.grouping import greedy_groups
 from flatten_hf.methods.flatten_block import compress_group
+from flatten_hf.methods.registry import get_method
 from flatten_hf.plan import MergePlan
 
 from .tiny import tiny_model
@@ -158,6 +159,28 @@ def test_fixed_groups_flatten_where_they_are_told(arch):
     assert out.config.flatten["method_params"]["groups"] == [[0, 1], [2], [3]]
 
 
+def test_remove_fraction_is_flattening_then_shortgpt_in_one_pass(arch):
+    """The first merges flattened, then the lowest-Block-Influence blocks removed: the same model as the two
+    commands (`compress` flattengpt, then `compress` shortgpt on its output), with the choice in the plan."""
+    model, ids = tiny_model(arch), calibration()
+    one = compress(model, FlattenGPTConfig(num_layers=2, remove_fraction=0.5), calibration_ids=ids)
+    flat = compress(model, FlattenGPTConfig(num_layers=1), calibration_ids=ids)
+    two = compress(flat, "shortgpt", calibration_ids=ids, num_layers=1)
+    assert one.config.num_hidden_layers == two.config.num_hidden_layers == 2
+    params = one.config.flatten["method_params"]
+    merged = [g for g in params["groups"] if len(g) > 1]
+    assert len(merged) == 1 and len(params["removed_blocks"]) == 1 and len(params["block_influence"]) == 3
+    dropped = two.config.flatten["method_params"]["removed_layers"]
+    assert params["removed_blocks"] == [flat.config.flatten["method_params"]["groups"][i] for i in dropped]
+    assert [[s["layer"] for s in layer["sources"]] for layer in one.config.flatten["layers"]] == \
+        [[s["layer"] for s in layer["sources"]] for layer in two.config.flatten["layers"]]
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        assert torch.equal(a, b), name
+    spec = get_method("flattengpt")  # the card and the report say what was done
+    assert spec.label_of(params).endswith("(+ removal)") and params["remove_fraction"] == 0.5
+    assert f"original layers {params['removed_blocks']}" in spec.summary_of(params)
+
+
 def test_bad_options_are_explained():
     with pytest.raises(ValueError, match="width_policy must be one of"):
         FlattenGPTConfig(ratio=0.2, width_policy="local")
@@ -167,6 +190,8 @@ def test_bad_options_are_explained():
         FlattenGPTConfig(ratio=0.2, target="teacher")
     with pytest.raises(ValueError, match="--fixed-groups must be comma-separated layer ranges"):
         FlattenGPTConfig(ratio=0.2, fixed_groups="1 2")
+    with pytest.raises(ValueError, match=r"remove_fraction must be in \[0, 1\)"):
+        FlattenGPTConfig(ratio=0.2, remove_fraction=1.0)
 
 
 def test_dense_target_equals_sequential_target_before_any_drift(arch):

@@ -21,7 +21,8 @@ from .tiny import tiny_model
 
 CALIBRATION = flatten_hf.CalibrationConfig(batch_size=2)
 METHODS = [("shortgpt", {}), ("flattengpt", {}), ("flattengpt", {"width_policy": "global"}),
-           ("flattengpt", {"target": "dense", "map_candidate": True}), ("replaceme", {}), ("come", {})]
+           ("flattengpt", {"target": "dense", "map_candidate": True}), ("flattengpt", {"num_layers": 2, "remove_fraction": 0.5}),
+           ("replaceme", {}), ("come", {})]
 
 
 def ids() -> torch.Tensor:
@@ -55,12 +56,13 @@ def tokenizer():
 def test_streamed_checkpoint_equals_the_in_memory_one(arch, method, options, tmp_path, tokenizer):
     model = tiny_model(arch, tie_word_embeddings=arch == "qwen2")
     model.save_pretrained(tmp_path / "dense")
-    in_memory = flatten_hf.compress(model, method, calibration_ids=ids(), calibration=CALIBRATION, num_layers=1,
+    options = {"num_layers": 1, **options}
+    in_memory = flatten_hf.compress(model, method, calibration_ids=ids(), calibration=CALIBRATION,
                                     base_model=str(tmp_path / "dense"), **options)
     flatten_hf.save_compressed(in_memory, tmp_path / "a", tokenizer)
     flatten_hf.compress_checkpoint(tmp_path / "dense", method, out_dir=tmp_path / "b", tokenizer=tokenizer,
-                                   calibration_ids=ids(), calibration=CALIBRATION, num_layers=1,
-                                   max_shard_size="40KB", **options)
+                                   calibration_ids=ids(), calibration=CALIBRATION, max_shard_size="40KB",
+                                   **options)
     assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
     assert (tmp_path / "b" / "model.safetensors.index.json").is_file()  # sharded by max_shard_size
     reloaded = flatten_hf.load_model(str(tmp_path / "b"))[0]

@@ -49,7 +49,8 @@ from ..grouping import (
 from ..ops.layer_weights import LayerState
 from ..ops.width_allocation import allocate_widths
 from ..plan import MergePlan
-from ..streaming import new_layer_states
+from ..similarity import block_influence, lowest_influence
+from ..streaming import drop_layer_states, new_layer_states
 from .common import layers_to_remove
 from .flatten_block import GroupFlattener, compress_group
 from .registry import MethodSpec, check_options, option, register_method
@@ -117,8 +118,16 @@ class FlattenGPTConfig:
             the same heads and channels as float64, with weights within 1e-3.
         fixed_groups: the groups given by hand, as layer ranges ('3-4,12-18,25-27'; the layers it leaves out stay
             whole), instead of the similarity grouping: to flatten where another method's plan removes
-            layers, or to rebuild a plan's groups. Their sizes minus one must add up to the layers removed;
+            layers, or to rebuild a plan's groups. Their sizes minus one must add up to the layers removed by
+            flattening (all of them, unless `remove_fraction`);
             `similarity` and `max_group_size` then have no effect.
+        remove_fraction: the share of the layers to remove that is removed whole instead of flattened: FlattenGPT
+            makes only the first (1 - remove_fraction) of the merges, then drops the blocks of the flattened model
+            with the lowest Block Influence on the same calibration tokens (ShortGPT's rule, each block measured on
+            its true input). Why: flattening's cost grows fastest at its last, largest merges, while removing the
+            most redundant single layers costs little (SmolLM2-135M at ratio 0.3: README, "Flatten the first
+            merges, remove the rest"). The same model as `compress(..., 'flattengpt')` followed by
+            `compress(..., 'shortgpt')` on its output, in one pass.
         similarity_tokens: calibration tokens used for similarities and the global ranking. 8192 by
             default: on SmolLM2 the groups at ratios 0.1/0.2/0.3 are identical from 4096, 8192 and
             16384 tokens, and each halving saves a quarter of a dense forward pass of compute.
@@ -164,7 +173,11 @@ class FlattenGPTConfig:
     fixed_groups: str | None = option(
         None, "flatten these runs of layers instead of choosing them by similarity (--similarity and "
               "--max-group-size then have no effect), e.g. '3-4,12-18': the layers left out stay whole, and the "
-              "sizes minus one must add up to the layers removed", type=str)
+              "sizes minus one must add up to the layers removed by flattening", type=str)
+    remove_fraction: float = option(
+        0.0, "share of the layers to remove that is removed whole, by lowest Block Influence on the flattened model "
+             "(ShortGPT's rule), instead of flattened: e.g. 0.33 of 9 layers = 6 merges, then 3 blocks dropped "
+             "(default 0: all flattened)", check="fraction")
     similarity_tokens: int = option(
         8192, "calibration tokens used for the layer similarities and the global ranking (default 8192)",
         check="positive")
@@ -186,6 +199,13 @@ class FlattenGPTConfig:
             raise ValueError("width_multiple (--width-multiple) rounds per-layer MLP widths; it needs "
                              "width_policy='global' (--width-policy global), the only policy that rounds them: "
                              "uniform keeps the dense widths and split tries whole-channel splits of one layer.")
+
+
+def depth_split(n_layers: int, config: FlattenGPTConfig) -> tuple[int, int]:
+    """(merges, whole blocks removed afterwards): the layers to remove, split by `remove_fraction`."""
+    n_remove = layers_to_remove(n_layers, config.num_layers, config.ratio)
+    n_dropped = round(config.remove_fraction * n_remove)
+    return n_remove - n_dropped, n_dropped
 
 
 def _block(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config, cache: dict):
@@ -265,7 +285,7 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
     """Plan and weights of the flattened (and, by default, pruned) model."""
     cfg = model.config
     n_layers = cfg.num_hidden_layers
-    n_merges = layers_to_remove(n_layers, config.num_layers, config.ratio)
+    n_merges, n_dropped = depth_split(n_layers, config)
     stats_runner = runner.head(config.similarity_tokens)
     similarity = None
     if config.fixed_groups is not None:
@@ -282,7 +302,7 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
         widths = {tuple(g): (cfg.num_key_value_heads, cfg.intermediate_size) for g in groups if len(g) > 1}
     else:
         widths = global_widths(model, stats_runner, groups, config)
-    layers, states, reports = [], new_layer_states(model), []
+    layers, states, reports, influences = [], new_layer_states(model), [], []
     dense = runner.with_hidden(runner.hidden) if config.target == "dense" else None
     for group in tqdm(groups, desc="flattengpt: flatten and prune", unit="layer"):
         targets = None
@@ -299,8 +319,18 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
             reports.append({"group": group, **report})
         layers.append(sources)
         states.append(state)
+        if n_dropped:
+            influences.append(block_influence(runner.hidden, outputs))
         runner.advance(outputs)
     params = {"groups": groups, "group_reports": reports}
+    if n_dropped:
+        dropped = lowest_influence(influences, n_dropped)
+        logger.info("FlattenGPT removes the blocks %s (BI %s)", [groups[i] for i in dropped],
+                    [round(influences[i], 4) for i in dropped])
+        layers = [sources for i, sources in enumerate(layers) if i not in dropped]
+        states = drop_layer_states(states, dropped)
+        params |= {"removed_blocks": [groups[i] for i in dropped],
+                   "block_influence": [round(v, 6) for v in influences]}
     if similarity is not None:
         params["similarity_matrix"] = [[round(v, 5) for v in row] for row in similarity.tolist()]
     plan = MergePlan(method="flattengpt", source_num_hidden_layers=n_layers, layers=layers, method_params=params)
@@ -311,7 +341,7 @@ def check_groups(config: FlattenGPTConfig, model_config) -> None:
     """Given groups must fit the model's depth and remove as many layers as asked (before any compute)."""
     if config.fixed_groups is not None:
         n_layers = model_config.num_hidden_layers
-        given_groups(config.fixed_groups, n_layers, layers_to_remove(n_layers, config.num_layers, config.ratio))
+        given_groups(config.fixed_groups, n_layers, depth_split(n_layers, config)[0])
 
 
 def _label(params: dict) -> str:
@@ -330,6 +360,8 @@ def _label(params: dict) -> str:
         label += " (depth-only)"
     if params.get("similarity") == "iterative":
         label += " (iterative)"
+    if params.get("removed_blocks"):
+        label += " (+ removal)"
     return label
 
 
@@ -342,8 +374,13 @@ def _summary(params: dict) -> str:
                     "similarity_metric and group_score)")
     flattened = (f"{grouping} were flattened into one wide block each (their attention heads and MLP channels side "
                  "by side, RMSNorm weights folded in)")
+    removal = ""
+    if params.get("removed_blocks"):
+        removal = (f" Then the {len(params['removed_blocks'])} blocks of the flattened model with the lowest Block "
+                   f"Influence on the same calibration text were removed whole (ShortGPT's rule; original layers "
+                   f"{params['removed_blocks']}, `--remove-fraction {params.get('remove_fraction')}`).")
     if params.get("prune") is False:
-        return f"{flattened} and kept whole: fewer, wider layers at the full parameter count."
+        return f"{flattened} and kept whole: fewer, wider layers at the full parameter count.{removal}"
     widths = {
         "global": "to per-block widths chosen by one ranking of every head and channel across blocks",
         "split": "to one dense layer's parameters, split between heads and channels as each block's refit error "
@@ -351,7 +388,7 @@ def _summary(params: dict) -> str:
     }.get(params.get("width_policy", "uniform"), "to the dense layer's widths")
     return (f"{flattened}, and each wide block was pruned back {widths}: key/value groups scored by the error they "
             "leave after a least-squares refit of o_proj, MLP channels by ridge leverage scores with a closed-form "
-            "least-squares refit of down_proj.")
+            f"least-squares refit of down_proj.{removal}")
 
 
 register_method(MethodSpec(

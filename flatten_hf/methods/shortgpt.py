@@ -14,7 +14,7 @@ from ..assemble import plan_weights, whole_layer
 from ..calibration import LayerwiseRunner, layer_type_of
 from ..ops.layer_weights import LayerState
 from ..plan import MergePlan
-from ..similarity import block_influence
+from ..similarity import block_influence, lowest_influence
 from .common import layers_to_remove
 from .registry import MethodSpec, check_options, register_method
 
@@ -48,7 +48,7 @@ def shortgpt(model: PreTrainedModel, runner: LayerwiseRunner,
     n_layers = model.config.num_hidden_layers
     n_remove = layers_to_remove(n_layers, config.num_layers, config.ratio)
     scores = block_influences(model, runner)
-    removed = sorted(sorted(range(n_layers), key=lambda i: scores[i])[:n_remove])
+    removed = lowest_influence(scores, n_remove)
     logger.info("ShortGPT removes layers %s (BI %s)", removed, [round(scores[i], 4) for i in removed])
     plan = MergePlan(
         method="shortgpt", source_num_hidden_layers=n_layers,
