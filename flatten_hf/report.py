@@ -41,8 +41,11 @@ def label_of(result: EvalResult) -> tuple[str, float]:
     if not plan:
         return "dense", 0.0
     params = plan.get("method_params", {})
-    spec = METHODS.get(plan["method"])
-    label = spec.label_of(params) if spec else plan["method"]
+    # a plan composed over several `compress` runs is named by all of them, e.g. "flattengpt then shortgpt":
+    # under its last method alone it would share that method's row
+    steps = [*params.get("history", []), {"method": plan["method"], "method_params": params}]
+    label = " then ".join(METHODS[s["method"]].label_of(s["method_params"]) if s["method"] in METHODS
+                          else s["method"] for s in steps)
     if "recovery" in params:  # `recover` keeps the architecture: without this it would share the method's point
         label += " + recover"
     return label, 1 - len(plan["layers"]) / plan["source_num_hidden_layers"]

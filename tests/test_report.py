@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from transformers import LlamaConfig
 
+import flatten_hf
 from flatten_hf.bench import SpeedResult, Timing, benchmark, merge_rounds, prefill_flops, speed_table
 from flatten_hf.cli import main
 from flatten_hf.evaluation import EvalResult
 from flatten_hf.report import Row, label_of, quality_table
 from flatten_hf.zeroshot import TASKS, TaskScore, average, offline_task_dir
+
+from .tiny import tiny_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 DEFAULT_GROUPING = {"similarity_metric": "l2", "group_score": "output"}  # what FlattenGPT's plans record today
@@ -189,6 +193,17 @@ def test_report_labels_flattengpt_plans_by_the_grouping_they_used():
     assert label({})[0] == "flattengpt (cosine grouping)"
     assert label({**DEFAULT_GROUPING, "fixed_groups": "3-4,12-18"})[0] == "flattengpt (fixed groups)"
     assert label({**DEFAULT_GROUPING, "recovery": {"steps": 200}})[0] == "flattengpt + recover"
+    assert label({**DEFAULT_GROUPING, "removed_blocks": [[3]], "remove_fraction": 0.33})[0] == "flattengpt (+ removal)"
+
+
+def test_report_names_a_plan_composed_over_several_runs_by_every_method(arch):
+    """`compress` on a compressed checkpoint keeps the earlier runs in the plan's history: the row says so, and
+    does not share the last method's label."""
+    ids = torch.randint(3, 96, (4, 16), generator=torch.Generator().manual_seed(0))
+    first = flatten_hf.compress(tiny_model(arch, num_hidden_layers=6), "flattengpt", calibration_ids=ids, num_layers=2)
+    again = flatten_hf.compress(first, "shortgpt", calibration_ids=ids, num_layers=1)
+    label, ratio = label_of(EvalResult("m", 3, 1, plan=again.config.flatten))
+    assert label == "flattengpt then shortgpt" and ratio == pytest.approx(0.5)
 
 
 def test_report_reference_must_name_a_method_of_the_table(tmp_path, capsys):
