@@ -14,9 +14,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 
 from flatten_hf.evaluation import EvalResult
-from flatten_hf.report import Row, display_name, label_of, merge_results
+from flatten_hf.report import Row, display_name, label_of, load_results, merge_results
 from flatten_hf.zeroshot import PairedDifference, paired_difference, sample_documents, unpack_scores
 
 TASK_LABELS = {"piqa": "PIQA", "hellaswag": "HS", "winogrande": "WG", "arc_easy": "ARC-e", "arc_challenge": "ARC-c"}
@@ -27,6 +28,19 @@ def without(scores: dict[str, dict[int, float]], excluded: dict[str, list[int]])
     dropped = {task: set(ids) for task, ids in excluded.items()}
     return {task: {i: v for i, v in docs.items() if i not in dropped.get(task, set())}
             for task, docs in scores.items()}
+
+
+def merged(paths: list[str]) -> tuple[dict, list]:
+    """Every file's models, whatever their settings; the settings that differ are printed, not refused."""
+    loaded = [load_results(path) for path in paths]
+    keys = {k for settings, _ in loaded for k in settings}
+    for key in sorted(k for k in keys if len({json.dumps(s.get(k)) for s, _ in loaded}) > 1):
+        names: dict[str, list[str]] = {}
+        for settings, models in loaded:
+            names.setdefault(str(settings.get(key)), []).extend(display_name(m["name"]) for m in models)
+        print(f"(settings differ: {key}: " + "; ".join(f"{v} for {', '.join(n)}" for v, n in names.items()) + ")")
+    limits = {s.get("limit") for s, _ in loaded}
+    return {"limit": limits.pop() if len(limits) == 1 else None}, [m for _, models in loaded for m in models]
 
 
 def cell(d: PairedDifference) -> str:
@@ -40,8 +54,11 @@ def main() -> None:
     p.add_argument("--exclude-shuffled", type=int, default=300, metavar="N",
                    help="leave out positions [0, N) of each task's seeded shuffled order (seed 0), the validation "
                         "sample defaults were chosen on (default 300; 0 keeps every document)")
+    p.add_argument("--mixed-settings", action="store_true",
+                   help="compare files measured under different settings (e.g. a float32 row against bfloat16 ones: "
+                        "`benchmarks/dtype_effect.py` measures what that can move); the differing settings are printed")
     args = p.parse_args()
-    settings, models = merge_results(args.eval_json)
+    settings, models = merged(args.eval_json) if args.mixed_settings else merge_results(args.eval_json)
     if settings.get("limit") != "none (full tasks)":
         raise SystemExit(f"these results were measured with limit {settings.get('limit')!r}: the full tasks are needed.")
     rows = [Row(r, *label_of(r)) for r in (EvalResult.from_dict(m) for m in models) if r.documents]
@@ -66,7 +83,7 @@ def main() -> None:
             continue
         a, b = unpack_scores(row.result.documents), unpack_scores(ref.result.documents)
         everything, kept = paired_difference(a, b), paired_difference(without(a, excluded), without(b, excluded))
-        tasks = [f"{100 * kept.per_task[t]:+.2f}" for t in TASK_LABELS]
+        tasks = [f"{100 * kept.per_task[t]:+.2f}" if t in kept.per_task else "-" for t in TASK_LABELS]
         print(f"| {display_name(row.result.name)} | {row.method} | {row.ratio:.2f} | "
               f"{100 * row.result.zero_shot_average:.2f} | {cell(everything)} | {cell(kept)} | " + " | ".join(tasks) + " |")
     for ref in references.values():
