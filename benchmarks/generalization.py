@@ -132,10 +132,13 @@ def check_sampling(args: argparse.Namespace, done: list[dict], test: bool) -> No
 def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) -> None:
     """Add zero-shot scores of the validation split (or, with `--split test`, the test split) to rows
     measured earlier without them (perplexity first, accuracy later)."""
-    order = [key_of(json.loads(line)) for line in Path(args.variants).read_text().splitlines() if line.strip()]
-    indices = [next((i for i, r in enumerate(done) if r["key"] == key), None) for key in order]
     if args.rows:
         indices = [int(i) for i in args.rows.split(",")]
+    elif args.variants:
+        order = [key_of(json.loads(line)) for line in Path(args.variants).read_text().splitlines() if line.strip()]
+        indices = [next((i for i, r in enumerate(done) if r["key"] == key), None) for key in order]
+    else:
+        raise SystemExit("--zero-shot-saved needs --rows (row indices) or --variants (the variants to score).")
     test = args.split == "test"
     check_sampling(args, done, test)
     limit, docs = split_documents(args.documents, args.limit, test)
