@@ -200,16 +200,19 @@ class SpilledLayerStates:
     def append(self, state: LayerState) -> None:
         cast = {k: (v.to(self.dtype) if self.dtype and v.is_floating_point() else v).cpu().contiguous()
                 for k, v in state.items()}  # layers computed on a GPU are spilled from host memory
-        save_file(cast, self.folder / f"layer-{self._count:05d}.safetensors")
+        save_file(cast, self._file(self._count))
         self._count += 1
 
     def __len__(self) -> int:
         return self._count
 
+    def _file(self, idx: int) -> Path:
+        return self.folder / f"layer-{idx:05d}.safetensors"
+
     def __getitem__(self, idx: int) -> LayerState:
         if not 0 <= idx < self._count:
             raise IndexError(idx)
-        with safe_open(self.folder / f"layer-{idx:05d}.safetensors", "pt") as f:
+        with safe_open(self._file(idx), "pt") as f:
             return {name: f.get_tensor(name) for name in f.keys()}
 
     def __iter__(self) -> Iterator[LayerState]:
@@ -220,10 +223,10 @@ class SpilledLayerStates:
         dropped = set(indices)
         kept = [i for i in range(self._count) if i not in dropped]
         for i in dropped:
-            (self.folder / f"layer-{i:05d}.safetensors").unlink()
+            self._file(i).unlink()
         for new, old in enumerate(kept):  # ascending: slot `new` is free (dropped, or its file already moved)
             if new != old:
-                (self.folder / f"layer-{old:05d}.safetensors").rename(self.folder / f"layer-{new:05d}.safetensors")
+                self._file(old).rename(self._file(new))
         self._count = len(kept)
 
 
