@@ -23,10 +23,6 @@ from flatten_hf.zeroshot import paired_difference, unpack_scores
 from generalization import row_documents
 
 
-def kept_layers(plan: dict) -> list[list[int]]:
-    return [[source["layer"] for source in layer["sources"]] for layer in plan["layers"]]
-
-
 def compare(results: str, row: int, eval_json: str) -> list[str]:
     """Table lines for one pair: generalization row `row` (1-based) of `results` against `eval_json`."""
     record = [json.loads(line) for line in open(results)][row - 1]
@@ -34,9 +30,9 @@ def compare(results: str, row: int, eval_json: str) -> list[str]:
     if "documents" not in model:
         raise SystemExit(f"{eval_json} kept no per-document scores; re-run `flatten-hf eval` (it keeps them now).")
     groups = record.get("plan_groups")
-    if groups != kept_layers(model["plan"]) or any(len(g) > 1 for g in groups):
+    if groups != model["plan"]["merge_plan"] or any(len(g) > 1 for g in groups):
         raise SystemExit(f"row {row} of {results} and {eval_json} are not the same pure-removal model (kept layers "
-                         f"{groups} vs {kept_layers(model['plan'])}): only such a model is the same in both runs.")
+                         f"{groups} vs {model['plan']['merge_plan']}): only such a model is the same in both runs.")
     full = unpack_scores(model["documents"])
     lines = []
     for split in ("validation", "test", "both"):

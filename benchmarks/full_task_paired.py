@@ -14,10 +14,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 
 from flatten_hf.evaluation import EvalResult
-from flatten_hf.report import Row, display_name, label_of, load_results, merge_results
+from flatten_hf.report import Row, differing_settings, display_name, label_of, load_results, merge_results
 from flatten_hf.zeroshot import PairedDifference, paired_difference, sample_documents, unpack_scores
 
 TASK_LABELS = {"piqa": "PIQA", "hellaswag": "HS", "winogrande": "WG", "arc_easy": "ARC-e", "arc_challenge": "ARC-c"}
@@ -33,8 +32,8 @@ def without(scores: dict[str, dict[int, float]], excluded: dict[str, list[int]])
 def merged(paths: list[str]) -> tuple[dict, list]:
     """Every file's models, whatever their settings; the settings that differ are printed, not refused."""
     loaded = [load_results(path) for path in paths]
-    keys = {k for settings, _ in loaded for k in settings}
-    for key in sorted(k for k in keys if len({json.dumps(s.get(k)) for s, _ in loaded}) > 1):
+    keys = {k for a, _ in loaded for b, _ in loaded for k in differing_settings(a, b)}
+    for key in sorted(keys):
         names: dict[str, list[str]] = {}
         for settings, models in loaded:
             names.setdefault(str(settings.get(key)), []).extend(display_name(m["name"]) for m in models)

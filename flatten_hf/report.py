@@ -72,6 +72,12 @@ def load_results(path: str | Path) -> tuple[dict, list]:
 OPTIONAL_SETTINGS = ("other_perplexity",)
 
 
+def differing_settings(a: dict, b: dict) -> list[str]:
+    """The settings two result files disagree on (an `OPTIONAL_SETTINGS` entry missing from one does not count)."""
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)
+                  and not (k in OPTIONAL_SETTINGS and None in (a.get(k), b.get(k))))
+
+
 def merge_results(paths: Sequence[str | Path]) -> tuple[dict, list]:
     """The models of several `--json` files as one list, so each model can be evaluated in its own run.
 
@@ -81,8 +87,7 @@ def merge_results(paths: Sequence[str | Path]) -> tuple[dict, list]:
     settings, models = load_results(paths[0])
     for path in paths[1:]:
         other, more = load_results(path)
-        differing = sorted(k for k in settings.keys() | other.keys() if settings.get(k) != other.get(k)
-                           and not (k in OPTIONAL_SETTINGS and None in (settings.get(k), other.get(k))))
+        differing = differing_settings(settings, other)
         if differing:
             raise ValueError(f"{path} was measured with other settings than {paths[0]} ({', '.join(differing)}: "
                              f"{[other.get(k) for k in differing]} vs {[settings.get(k) for k in differing]}); "
