@@ -57,7 +57,10 @@ def main() -> None:
                    help="compare files measured under different settings (e.g. a float32 row against bfloat16 ones: "
                         "`benchmarks/dtype_effect.py` measures what that can move); the differing settings are printed")
     args = p.parse_args()
-    settings, models = merged(args.eval_json) if args.mixed_settings else merge_results(args.eval_json)
+    try:
+        settings, models = merged(args.eval_json) if args.mixed_settings else merge_results(args.eval_json)
+    except ValueError as e:  # files that are not eval JSON, or measured under other settings
+        raise SystemExit(f"{e}{'' if args.mixed_settings else ' (or compare them anyway with --mixed-settings)'}")
     if settings.get("limit") != "none (full tasks)":
         raise SystemExit(f"these results were measured with limit {settings.get('limit')!r}: the full tasks are needed.")
     rows = [Row(r, *label_of(r)) for r in (EvalResult.from_dict(m) for m in models) if r.documents]

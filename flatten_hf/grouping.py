@@ -123,8 +123,9 @@ def given_groups(text: str, num_layers: int, num_merges: int) -> list[list[int]]
         raise ValueError(f"--fixed-groups names layer {merged[-1][-1]}, but the model has layers 0-{num_layers - 1}.")
     removed = sum(len(g) - 1 for g in merged)
     if removed != num_merges:
-        raise ValueError(f"--fixed-groups {text!r} removes {removed} layers, but --ratio/--num-layers asks for {num_merges}; "
-                         "give groups whose sizes minus one add up to that.")
+        raise ValueError(f"--fixed-groups {text!r} removes {removed} layers, but --ratio/--num-layers asks for {num_merges} "
+                         "by flattening (the layers to remove, less those --remove-fraction removes whole); give "
+                         "groups whose sizes minus one add up to that.")
     starts = {g[0]: g for g in merged}
     groups, i = [], 0
     while i < num_layers:
