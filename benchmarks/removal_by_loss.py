@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=32, help="perplexity windows of 512 tokens (default 32)")
     args = p.parse_args()
     results = Path(args.results)
+    if not results.exists():
+        raise SystemExit(f"{results} does not exist: give the results file of generalization.py's rows to pair with.")
     start = time.perf_counter()
     model, tokenizer = flatten_hf.load_model("smollm2-135m", dtype=torch.float32)
     calibration = CalibrationConfig("wikipedia", 64, 512)
@@ -86,7 +88,9 @@ def main() -> None:
     done = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     split = generalization.split_documents("shuffled", args.limit, test=args.split == "test")
     if args.split == "test":
-        index = next(i for i, r in enumerate(done) if r["key"] == key)
+        index = next((i for i, r in enumerate(done) if r["key"] == key), None)
+        if index is None:
+            raise SystemExit(f"{results} has no validation row for blocks {removed}; run without --split test first.")
         record = generalization.zero_shot_record(flat, tokenizer, *split, shared_prefix=True)
         done[index]["test"] = {**record, "docs": [args.limit, 2 * args.limit], "seconds": time.perf_counter() - start}
     else:
