@@ -64,6 +64,8 @@ def main() -> None:
     results = Path(args.results)
     if not results.exists():
         raise SystemExit(f"{results} does not exist: give the results file of generalization.py's rows to pair with.")
+    if args.split == "test" and not args.blocks:
+        raise SystemExit("--split test scores the blocks chosen on validation: give them with --blocks.")
     start = time.perf_counter()
     model, tokenizer = flatten_hf.load_model("smollm2-135m", dtype=torch.float32)
     calibration = CalibrationConfig("wikipedia", 64, 512)
