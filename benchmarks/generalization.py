@@ -165,10 +165,15 @@ def score_saved(args: argparse.Namespace, done: list[dict], results_path: Path) 
                                    "seconds": time.perf_counter() - start}
         else:
             done[index].update(record, limit=args.limit, seconds_zero_shot=time.perf_counter() - start)
-        staged = results_path.with_suffix(".tmp")
-        staged.write_text("".join(json.dumps(r) + "\n" for r in done))
-        staged.replace(results_path)
+        rewrite_results(results_path, done)
         print_table(done, args.split)
+
+
+def rewrite_results(path: Path, rows: list[dict]) -> None:
+    """Replace the results file with `rows` in one step, so an interrupted write never loses the rows it held."""
+    staged = path.with_suffix(".tmp")
+    staged.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    staged.replace(path)
 
 
 def print_table(results: list[dict], split: str = "validation") -> None:

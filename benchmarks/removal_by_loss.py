@@ -29,11 +29,16 @@ from flatten_hf.data import evaluation_ids
 import generalization
 
 
+def without_blocks(layers: torch.nn.ModuleList, removed: set[int] | list[int]) -> torch.nn.ModuleList:
+    """The decoder blocks but `removed` (the same modules: nothing is copied)."""
+    return torch.nn.ModuleList([layer for i, layer in enumerate(layers) if i not in removed])
+
+
 @torch.no_grad()
 def loss_without(model, ids: torch.Tensor, removed: set[int], batch_size: int = 4) -> float:
     """Mean next-token loss of `model` on `ids` with the decoder blocks `removed` skipped."""
     layers = model.model.layers
-    model.model.layers = torch.nn.ModuleList([layer for i, layer in enumerate(layers) if i not in removed])
+    model.model.layers = without_blocks(layers, removed)
     try:
         losses = [model(input_ids=ids[b:b + batch_size], labels=ids[b:b + batch_size], use_cache=False).loss.item()
                   for b in range(0, len(ids), batch_size)]
@@ -47,6 +52,11 @@ def held_out_ids(model, tokenizer, calibration: torch.Tensor, rows: int, seq_len
     seen = {tuple(r.tolist()) for r in calibration}
     drawn = calibration_data(model, tokenizer, CalibrationConfig(num_samples=2 * rows, seq_len=seq_len, seed=seed))
     return torch.stack([r for r in drawn if tuple(r.tolist()) not in seen][:rows])
+
+
+def row_key(ratio: float, removed: list[int]) -> str:
+    """The results row's key: what was flattened and which blocks were removed afterwards."""
+    return json.dumps({"prototype": "removal by held-out loss", "ratio": ratio, "removed_blocks": removed})
 
 
 def main() -> None:
@@ -66,6 +76,16 @@ def main() -> None:
         raise SystemExit(f"{results} does not exist: give the results file of generalization.py's rows to pair with.")
     if args.split == "test" and not args.blocks:
         raise SystemExit("--split test scores the blocks chosen on validation: give them with --blocks.")
+    try:
+        given = sorted(int(b) for b in args.blocks.split(",")) if args.blocks else None
+    except ValueError:
+        raise SystemExit(f"--blocks {args.blocks!r}: give block indices separated by commas, e.g. 5,7,20.") from None
+    done = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    index = None
+    if args.split == "test":  # found before any compute: the validation row the test scores are added to
+        index = next((i for i, r in enumerate(done) if r["key"] == row_key(args.ratio, given)), None)
+        if index is None:
+            raise SystemExit(f"{results} has no validation row for blocks {given}; run without --split test first.")
     start = time.perf_counter()
     model, tokenizer = flatten_hf.load_model("smollm2-135m", dtype=torch.float32)
     calibration = CalibrationConfig("wikipedia", 64, 512)
@@ -75,8 +95,8 @@ def main() -> None:
     ids = torch.load(cached)
     flat = flatten_hf.compress(model, "flattengpt", calibration_ids=ids, calibration=calibration, ratio=args.ratio)
     flat.eval()
-    if args.blocks:
-        removed = sorted(int(b) for b in args.blocks.split(","))
+    if given is not None:
+        removed = given
     else:
         held_out = held_out_ids(flat, tokenizer, ids, args.held_out_rows, 512, args.seed)
         base = loss_without(flat, held_out, set())
@@ -84,25 +104,18 @@ def main() -> None:
         print("held-out loss increase per block:", {j: round(v, 4) for j, v in increase.items()})
         removed = sorted(sorted(increase, key=increase.get)[:args.num_remove])
     print("removed blocks:", removed)
-    flat.model.layers = torch.nn.ModuleList([layer for i, layer in enumerate(flat.model.layers) if i not in removed])
+    flat.model.layers = without_blocks(flat.model.layers, removed)
     flat.config.num_hidden_layers = len(flat.model.layers)
-    key = json.dumps({"prototype": "removal by held-out loss", "ratio": args.ratio, "removed_blocks": removed})
-    done = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     split = generalization.split_documents("shuffled", args.limit, test=args.split == "test")
-    if args.split == "test":
-        index = next((i for i, r in enumerate(done) if r["key"] == key), None)
-        if index is None:
-            raise SystemExit(f"{results} has no validation row for blocks {removed}; run without --split test first.")
+    if index is not None:
         record = generalization.zero_shot_record(flat, tokenizer, *split, shared_prefix=True)
         done[index]["test"] = {**record, "docs": [args.limit, 2 * args.limit], "seconds": time.perf_counter() - start}
     else:
         texts = {name: evaluation_ids(tokenizer, name) for name in ("wikipedia", "lambada")}
-        done.append({"key": key, "layers": flat.config.num_hidden_layers,
+        done.append({"key": row_key(args.ratio, removed), "layers": flat.config.num_hidden_layers,
                      **generalization.measure(flat, tokenizer, args.windows, texts, split, shared_prefix=True),
                      "plan_groups": None, "seconds": time.perf_counter() - start})
-    staged = results.with_suffix(".tmp")
-    staged.write_text("".join(json.dumps(r) + "\n" for r in done))
-    staged.replace(results)
+    generalization.rewrite_results(results, done)
     generalization.print_table(done, args.split)
 
 
