@@ -8,6 +8,10 @@ raises that loss least, and scores the result like a row of `benchmarks/generali
 ids, perplexity windows and shuffled document samples), appending it to that script's `--results` file so that
 `generalization.py --table --paired ROW` compares it document by document.
 
+The library has the same rule as `--removal-score loss` (`flatten_hf.skip_loss`), measured on calibration
+tokens (or with `--holdout-fraction` on batches held out of the refits) in one layer-wise pass; this script
+keeps the measurement on sequences drawn apart from the calibration set, which is how row 18 was chosen.
+
 Usage (SmolLM2, ratio 0.2 flattened then 3 blocks removed = 9 of 30 layers, as `--remove-fraction 0.33`):
     python benchmarks/removal_by_loss.py --results runs/p03.jsonl                 # rank, remove, validation
     python benchmarks/removal_by_loss.py --results runs/p03.jsonl --blocks 5,7,20 --split test

@@ -157,18 +157,20 @@ class LayerwiseRunner:
         """Make `outputs` the inputs of the next layer."""
         self.hidden = outputs
 
-    def head(self, max_tokens: int) -> "LayerwiseRunner":
-        """A runner over the first batches holding at least `max_tokens` tokens (cheap statistics).
-
-        It shares the tensors (read-only) and advances independently of this runner.
-        """
+    def view(self, batches: slice) -> "LayerwiseRunner":
+        """A runner over the batches `batches` of this one (their ids, inputs and kwargs), sharing the
+        tensors (read-only) and advancing independently of this runner."""
         sub = copy.copy(self)
+        sub.batches, sub.hidden, sub.layer_kwargs = self.batches[batches], self.hidden[batches], self.layer_kwargs[batches]
+        return sub
+
+    def head(self, max_tokens: int) -> "LayerwiseRunner":
+        """A runner over the first batches holding at least `max_tokens` tokens (cheap statistics)."""
         n, tokens = 0, 0
         while n < len(self.hidden) and tokens < max_tokens:
             tokens += self.hidden[n].shape[0] * self.hidden[n].shape[1]
             n += 1
-        sub.hidden, sub.layer_kwargs = self.hidden[:n], self.layer_kwargs[:n]
-        return sub
+        return self.view(slice(0, n))
 
     def split(self, fraction: float) -> tuple["LayerwiseRunner", "LayerwiseRunner | None"]:
         """Runners over the first batches and over the last `fraction` of them (None when that is no
@@ -176,11 +178,8 @@ class LayerwiseRunner:
         held = int(len(self.hidden) * fraction)
         if held == 0 or held == len(self.hidden):
             return self, None
-        first, last = copy.copy(self), copy.copy(self)
         cut = len(self.hidden) - held
-        first.hidden, first.layer_kwargs = self.hidden[:cut], self.layer_kwargs[:cut]
-        last.hidden, last.layer_kwargs = self.hidden[cut:], self.layer_kwargs[cut:]
-        return first, last
+        return self.view(slice(0, cut)), self.view(slice(cut, None))
 
     def with_hidden(self, hidden: list[torch.Tensor]) -> "LayerwiseRunner":
         """A runner over the same batches whose current inputs are `hidden`."""

@@ -180,6 +180,40 @@ def test_remove_fraction_is_flattening_then_shortgpt_in_one_pass(arch):
     assert f"original layers {params['removed_blocks']}" in spec.summary_of(params)
 
 
+@pytest.mark.parametrize("holdout_fraction, scored", [(0.0, slice(None)), (0.5, slice(4, None))])
+def test_removal_by_loss_removes_the_block_whose_skipping_costs_least(arch, holdout_fraction, scored):
+    """`removal_score='loss'`: the recorded increases are the flattened model's own next-token loss with each
+    block skipped, on the calibration rows (or, with a holdout, on the batch no refit saw: rows 4-5 of three
+    batches of two), and the cheapest block is the one removed."""
+    model, all_ids = tiny_model(arch), calibration()
+    settings = CalibrationConfig(batch_size=2)
+    one = compress(model, FlattenGPTConfig(num_layers=2, remove_fraction=0.5, removal_score="loss",
+                                           holdout_fraction=holdout_fraction), calibration_ids=all_ids,
+                   calibration=settings)
+    flat = compress(model, FlattenGPTConfig(num_layers=1, holdout_fraction=holdout_fraction), calibration_ids=all_ids,
+                    calibration=settings)
+    ids = all_ids[scored]
+    params = one.config.flatten["method_params"]
+    layers, types = flat.model.layers, getattr(flat.config, "layer_types", None)
+    with torch.no_grad():
+        base = flat(input_ids=ids, labels=ids, use_cache=False).loss.item()
+        increases = []
+        for j in range(len(layers)):  # Qwen2/3 read each position's mask from config.layer_types: skip it there too
+            flat.model.layers = torch.nn.ModuleList([layer for i, layer in enumerate(layers) if i != j])
+            flat.config.num_hidden_layers = len(layers) - 1
+            if types:
+                flat.config.layer_types = [t for i, t in enumerate(types) if i != j]
+            increases.append(flat(input_ids=ids, labels=ids, use_cache=False).loss.item() - base)
+    assert params["calibration_loss"] == pytest.approx(base, abs=1e-4)
+    assert params["skip_loss_increase"] == pytest.approx(increases, abs=1e-4)
+    cheapest = min(range(len(increases)), key=increases.__getitem__)
+    groups = flat.config.flatten["method_params"]["groups"]
+    assert params["removed_blocks"] == [groups[cheapest]] and one.config.num_hidden_layers == 2
+    spec = get_method("flattengpt")
+    assert spec.label_of(params).endswith("(+ removal by loss)")
+    assert "raised the next-token loss" in spec.summary_of(params)
+
+
 def test_bad_options_are_explained():
     with pytest.raises(ValueError, match="width_policy must be one of"):
         FlattenGPTConfig(ratio=0.2, width_policy="local")
@@ -189,6 +223,10 @@ def test_bad_options_are_explained():
         FlattenGPTConfig(ratio=0.2, target="teacher")
     with pytest.raises(ValueError, match="--fixed-groups must be comma-separated layer ranges"):
         FlattenGPTConfig(ratio=0.2, fixed_groups="1 2")
+    with pytest.raises(ValueError, match="removal_score must be one of"):
+        FlattenGPTConfig(ratio=0.2, removal_score="bi")
+    with pytest.raises(ValueError, match="give that too"):
+        FlattenGPTConfig(ratio=0.2, removal_score="loss")
     with pytest.raises(ValueError, match=r"remove_fraction must be in \[0, 1\)"):
         FlattenGPTConfig(ratio=0.2, remove_fraction=1.0)
 

@@ -22,6 +22,7 @@ from .tiny import tiny_model
 CALIBRATION = flatten_hf.CalibrationConfig(batch_size=2)
 METHODS = [("shortgpt", {}), ("flattengpt", {}), ("flattengpt", {"width_policy": "global"}),
            ("flattengpt", {"target": "dense", "map_candidate": True}), ("flattengpt", {"num_layers": 2, "remove_fraction": 0.5}),
+           ("flattengpt", {"num_layers": 2, "remove_fraction": 0.5, "removal_score": "loss"}),
            ("replaceme", {}), ("come", {})]
 
 

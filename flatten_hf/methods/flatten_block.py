@@ -234,6 +234,11 @@ def _block_error(outputs: list[torch.Tensor], targets: list[torch.Tensor], weigh
     return sum(_weighted_energy(o.float() - t.float(), t, weighting) for o, t in zip(outputs, targets))
 
 
+def block_widths(sources: list[SourceSlice]) -> tuple[int, int, int]:
+    """(query heads, key/value heads, MLP channels) of the block built from `sources`."""
+    return tuple(sum(len(getattr(s, f)) for s in sources) for f in ("q_heads", "kv_heads", "mlp_channels"))
+
+
 @torch.no_grad()
 def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[int], config,
                    widths: tuple[int, int] | None, targets: list[torch.Tensor] | None = None
@@ -284,8 +289,7 @@ def compress_group(model: PreTrainedModel, runner: LayerwiseRunner, group: list[
     target_sq = sum(_weighted_energy(t, t, config.token_weighting) for t in judge_targets)
     best, errors = None, {}
     for name, srcs, st in candidates:
-        sizes = (sum(len(getattr(s, f)) for s in srcs) for f in ("q_heads", "kv_heads", "mlp_channels"))
-        layer = flattener._layer(st, *sizes)
+        layer = flattener._layer(st, *block_widths(srcs))
         if held is None and name == f"keep layer {group[0]}":
             outputs = flattener.first_member_outputs  # already computed on the fit batches
         else:

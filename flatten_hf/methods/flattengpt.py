@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from ..adapters import loaded_decoder_layer
 from ..assemble import layer_state, whole_layer
 from ..calibration import LayerwiseRunner, layer_type_of
 from ..grouping import (
@@ -50,9 +51,10 @@ from ..ops.layer_weights import LayerState
 from ..ops.width_allocation import allocate_widths
 from ..plan import MergePlan
 from ..similarity import block_influence, lowest_influence
+from ..skip_loss import SkipLoss
 from ..streaming import drop_layer_states, new_layer_states
 from .common import layers_to_remove
-from .flatten_block import GroupFlattener, compress_group
+from .flatten_block import GroupFlattener, block_widths, compress_group
 from .registry import MethodSpec, check_options, option, register_method
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ WIDTH_POLICIES = ("uniform", "global", "split")
 TARGETS = ("sequential", "dense")
 GRAM_DTYPES = ("float64", "float32")
 TOKEN_WEIGHTINGS = ("uniform", "norm")
+REMOVAL_SCORES = ("influence", "loss")
 
 
 @dataclass
@@ -127,7 +130,14 @@ class FlattenGPTConfig:
             its true input). Why: flattening's cost grows fastest at its last, largest merges, while removing the
             most redundant single layers costs little (SmolLM2-135M at ratio 0.3: README, "Flatten the first
             merges, remove the rest"). The same model as `compress(..., 'flattengpt')` followed by
-            `compress(..., 'shortgpt')` on its output, in one pass.
+            `compress(..., 'shortgpt')` on its output, in one pass (with the default `removal_score`).
+        removal_score: how the blocks removed by `remove_fraction` are chosen: 'influence' (lowest Block
+            Influence, ShortGPT's rule) or 'loss' (the smallest increase of the next-token loss when the block
+            alone is skipped, on the first `similarity_tokens` calibration tokens, or on the batches held out of
+            the refits with `holdout_fraction`; `flatten_hf.skip_loss`).
+            Block Influence sees how far a block turns the residual stream, not what it is worth to the
+            prediction: a flattened block carries several layers' work in few directions and can turn the
+            stream little yet matter (README, "Which blocks to remove: the loss, not Block Influence").
         similarity_tokens: calibration tokens used for similarities and the global ranking. 8192 by
             default: on SmolLM2 the groups at ratios 0.1/0.2/0.3 are identical from 4096, 8192 and
             16384 tokens, and each halving saves a quarter of a dense forward pass of compute.
@@ -178,6 +188,11 @@ class FlattenGPTConfig:
         0.0, "share of the layers to remove that is removed whole, by lowest Block Influence on the flattened model "
              "(ShortGPT's rule), instead of flattened: e.g. 0.33 of 9 layers = 6 merges, then 3 blocks dropped "
              "(default 0: all flattened)", check="fraction")
+    removal_score: str = option(
+        "influence", "with --remove-fraction, remove the blocks of lowest Block Influence (influence, default: "
+                     "ShortGPT's rule) or those whose skipping raises the next-token loss on the calibration text "
+                     "least (loss: about n/2 more passes over --similarity-tokens tokens, n the number of blocks)",
+        choices=REMOVAL_SCORES)
     similarity_tokens: int = option(
         8192, "calibration tokens used for the layer similarities and the global ranking (default 8192)",
         check="positive")
@@ -195,6 +210,9 @@ class FlattenGPTConfig:
         check_options(self)  # choices and numeric rules of the option(...) fields, named on failure
         if self.fixed_groups is not None:
             parse_groups(self.fixed_groups)  # the syntax; the model's depth is checked by `check_groups`
+        if self.removal_score != "influence" and not self.remove_fraction:
+            raise ValueError(f"removal_score={self.removal_score!r} (--removal-score) chooses the blocks that "
+                             "remove_fraction (--remove-fraction) removes whole; give that too, e.g. 0.33.")
         if self.width_multiple != 1 and self.width_policy != "global":
             raise ValueError("width_multiple (--width-multiple) rounds per-layer MLP widths; it needs "
                              "width_policy='global' (--width-policy global), the only policy that rounds them: "
@@ -304,14 +322,16 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
         widths = global_widths(model, stats_runner, groups, config)
     layers, states, reports, influences = [], new_layer_states(model), [], []
     dense = runner.with_hidden(runner.hidden) if config.target == "dense" else None
+    skip = SkipLoss(runner, scored_batches(runner, config)) if n_dropped and config.removal_score == "loss" else None
     for group in tqdm(groups, desc="flattengpt: flatten and prune", unit="layer"):
         targets = None
         if dense is not None:  # the dense model in lockstep: its hidden state after this group
             for i in group:
                 dense.advance(dense.run(model.model.layers[i], layer_type_of(cfg, i)))
             targets = dense.hidden
+        layer_type = layer_type_of(cfg, group[0])
         if len(group) == 1:
-            outputs = runner.run(model.model.layers[group[0]], layer_type_of(cfg, group[0]))
+            outputs = runner.run(model.model.layers[group[0]], layer_type)
             sources, state = [whole_layer(cfg, group[0])], layer_state(model, group[0])
         else:
             sources, state, outputs, report = compress_group(model, runner, group, config, widths.get(tuple(group)),
@@ -321,20 +341,37 @@ def flattengpt(model: PreTrainedModel, runner: LayerwiseRunner,
         states.append(state)
         if n_dropped:
             influences.append(block_influence(runner.hidden, outputs))
+        if skip is not None:
+            block = model.model.layers[group[0]] if len(group) == 1 else loaded_decoder_layer(
+                cfg, group[0], state, *block_widths(sources), runner.device, model.dtype)
+            skip.step(block, layer_type, runner.hidden)
         runner.advance(outputs)
     params = {"groups": groups, "group_reports": reports}
     if n_dropped:
-        dropped = lowest_influence(influences, n_dropped)
-        logger.info("FlattenGPT removes the blocks %s (BI %s)", [groups[i] for i in dropped],
-                    [round(influences[i], 4) for i in dropped])
+        params |= {"block_influence": [round(v, 6) for v in influences]}
+        scores = influences
+        if skip is not None:
+            base, scores = skip.increases(model, runner.hidden)
+            params |= {"calibration_loss": round(base, 6), "skip_loss_increase": [round(v, 6) for v in scores]}
+        dropped = lowest_influence(scores, n_dropped)
+        logger.info("FlattenGPT removes the blocks %s (%s %s)", [groups[i] for i in dropped],
+                    "BI" if skip is None else "loss increase", [round(scores[i], 4) for i in dropped])
         layers = [sources for i, sources in enumerate(layers) if i not in dropped]
         states = drop_layer_states(states, dropped)
-        params |= {"removed_blocks": [groups[i] for i in dropped],
-                   "block_influence": [round(v, 6) for v in influences]}
+        params |= {"removed_blocks": [groups[i] for i in dropped]}
     if similarity is not None:
         params["similarity_matrix"] = [[round(v, 5) for v in row] for row in similarity.tolist()]
     plan = MergePlan(method="flattengpt", source_num_hidden_layers=n_layers, layers=layers, method_params=params)
     return plan, states
+
+
+def scored_batches(runner: LayerwiseRunner, config: FlattenGPTConfig) -> slice:
+    """The calibration batches `removal_score='loss'` is measured on: those held out of every refit when there
+    are any (`holdout_fraction`), else the first `similarity_tokens` tokens' worth."""
+    fit, held = runner.split(config.holdout_fraction)
+    if held is not None:
+        return slice(len(fit.hidden), None)
+    return slice(0, len(runner.head(config.similarity_tokens).hidden))
 
 
 def check_groups(config: FlattenGPTConfig, model_config) -> None:
@@ -361,7 +398,7 @@ def _label(params: dict) -> str:
     if params.get("similarity") == "iterative":
         label += " (iterative)"
     if params.get("removed_blocks"):
-        label += " (+ removal)"
+        label += " (+ removal by loss)" if params.get("removal_score") == "loss" else " (+ removal)"
     return label
 
 
@@ -376,9 +413,12 @@ def _summary(params: dict) -> str:
                  "by side, RMSNorm weights folded in)")
     removal = ""
     if params.get("removed_blocks"):
-        removal = (f" Then the {len(params['removed_blocks'])} blocks of the flattened model with the lowest Block "
-                   f"Influence on the same calibration text were removed whole (ShortGPT's rule; original layers "
-                   f"{params['removed_blocks']}, `--remove-fraction {params.get('remove_fraction')}`).")
+        rule = ("whose skipping raised the next-token loss on the same calibration text least (`--removal-score loss`"
+                if params.get("removal_score") == "loss" else
+                "with the lowest Block Influence on the same calibration text (ShortGPT's rule")
+        removal = (f" Then the {len(params['removed_blocks'])} blocks of the flattened model {rule}; original layers "
+                   f"{params['removed_blocks']}, `--remove-fraction {params.get('remove_fraction')}`) were removed "
+                   "whole.")
     if params.get("prune") is False:
         return f"{flattened} and kept whole: fewer, wider layers at the full parameter count.{removal}"
     widths = {
