@@ -187,8 +187,8 @@ class FlattenGPTConfig:
               "sizes minus one must add up to the layers removed by flattening", type=str)
     remove_fraction: float = option(
         0.0, "share of the layers to remove that is removed whole, by lowest Block Influence on the flattened model "
-             "(ShortGPT's rule), instead of flattened: e.g. 0.33 of 9 layers = 6 merges, then 3 blocks dropped "
-             "(default 0: all flattened)", check="fraction")
+             "(ShortGPT's rule; see --removal-score), instead of flattened: e.g. 0.33 of 9 layers = 6 merges, then 3 "
+             "blocks dropped (default 0: all flattened)", check="fraction")
     removal_score: str = option(
         "influence", "with --remove-fraction, remove the blocks of lowest Block Influence (influence, default: "
                      "ShortGPT's rule) or those whose skipping raises the next-token loss on the calibration text "
