@@ -9,7 +9,7 @@ scores, n the number of blocks, on top of the run itself.
 
 On SmolLM2-135M flattened at ratio 0.2 and then cut by three blocks, the blocks this loss picks on the
 calibration tokens leave a lower perplexity in and out of the calibration domain than the three of
-lowest Block Influence (README, "Flatten the first merges, remove the rest").
+lowest Block Influence (docs/generalization.md, "Flatten the first merges, remove the rest").
 """
 
 from __future__ import annotations

@@ -79,14 +79,13 @@ class FlattenGPTConfig:
         similarity_metric: 'l2' (default: one minus the relative squared distance, which also sees the
             residual stream grow) or 'cosine' (the paper's mean per-token cosine); see `flatten_hf.grouping`.
             l2 was chosen on the validation half of the zero-shot tasks (SmolLM2-135M, ratio 0.2: 46.67
-            against cosine's 44.00, first 300 documents per task; README, "In and out of the
-            calibration domain"), not on the numbers reported.
+            against cosine's 44.00, first 300 documents per task; docs/generalization.md), not on the numbers reported.
         group_score: how a candidate group is rated: 'output' (default: its input and its output alike, i.e.
             the block changes the residual stream little, as ShortGPT and ReplaceMe choose what to cut) or
             'input' (the paper's: its first and last members' inputs alike); see `flatten_hf.grouping`.
             output was chosen on the shuffled validation samples of the zero-shot tasks at ratio 0.2:
             +2.10 (± 1.18) points over input on Qwen2.5-Coder-0.5B, +0.20 (± 0.83) on SmolLM2-135M, with
-            lower perplexity on both of Qwen2's domains (README, "Where the groups go").
+            lower perplexity on both of Qwen2's domains (docs/generalization.md, "Where the groups go").
         width_policy: 'uniform' (every flattened block pruned back to the dense widths: a stock
             architecture) or 'global' (kept heads and channels chosen by one ranking across all
             flattened blocks, at the same total parameter count: per-layer widths) or 'split' (every block keeps one
@@ -94,7 +93,8 @@ class FlattenGPTConfig:
             half to twice the dense head count, and keeps the split whose refit block is closest to its target:
             a seven-layer block may need more attention than one layer has; per-layer widths). On SmolLM2's
             shuffled validation samples split moved accuracy by +0.27 (± 0.73) points at ratio 0.3 and -1.20
-            (± 0.69) at 0.2 against uniform (README, "Three levers at ratio 0.3"), so it is not the default.
+            (± 0.69) at 0.2 against uniform (docs/generalization.md, "Three levers at ratio 0.3"), so it is not
+            the default.
         width_multiple: with the global policy, MLP channels are kept in runs of this many, so every
             width is a multiple of it (llama.cpp's quantization blocks are 32 and 256 values along a down
             projection's rows; a width that is no multiple is stored in a fallback type).
@@ -128,8 +128,8 @@ class FlattenGPTConfig:
             makes only the first (1 - remove_fraction) of the merges, then drops the blocks of the flattened model
             with the lowest Block Influence on the same calibration tokens (ShortGPT's rule, each block measured on
             its true input). Why: flattening's cost grows fastest at its last, largest merges, while removing the
-            most redundant single layers costs little (SmolLM2-135M at ratio 0.3: README, "Flatten the first
-            merges, remove the rest"). The same model as `compress(..., 'flattengpt')` followed by
+            most redundant single layers costs little (SmolLM2-135M at ratio 0.3: docs/generalization.md,
+            "Flatten the first merges, remove the rest"). The same model as `compress(..., 'flattengpt')` followed by
             `compress(..., 'shortgpt')` on its output, in one pass (with the default `removal_score`).
         removal_score: how the blocks removed by `remove_fraction` are chosen: 'influence' (lowest Block
             Influence, ShortGPT's rule) or 'loss' (the smallest increase of the next-token loss when the block
@@ -138,7 +138,7 @@ class FlattenGPTConfig:
             Block Influence sees how far a block turns the residual stream, not what it is worth to the
             prediction: on SmolLM2-135M at 6 merges + 3 removals the two pick different blocks (original layers
             3, 25, 26 against 5, 7, 26), and the loss's choice has the lower perplexity in and out of the
-            calibration domain (README, "Flatten the first merges, remove the rest").
+            calibration domain (docs/generalization.md, "Flatten the first merges, remove the rest").
         similarity_tokens: calibration tokens used for similarities and the global ranking. 8192 by
             default: on SmolLM2 the groups at ratios 0.1/0.2/0.3 are identical from 4096, 8192 and
             16384 tokens, and each halving saves a quarter of a dense forward pass of compute.
